@@ -1,0 +1,157 @@
+"""`python -m orchestrator.pretrain`: prepare data if needed, then DeepSpeed training on Ray Train.
+
+The same command runs on a laptop (it starts a local Ray and trains on the
+embedded default corpus) and on a GPU cluster (`ray job submit -- python -m
+orchestrator.pretrain --config gpt-350m-gpu ...`). The driver only builds configs
+and launches; the training itself is `workloads.pretrain_worker.train_worker`.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from orchestrator import ray_runtime, run_state
+from orchestrator.config import parse_tree, run_cli, to_dict
+from orchestrator.pretrain_config import PretrainConfig
+from orchestrator.tracking import Tracker, resolve_tracking_uri
+from workloads.errors import UserInputError
+
+SUMMARY = "Pretrain a GPT with DeepSpeed on Ray Train; prepares the corpus first when needed."
+
+
+def parse_cli(argv: list[str] | None, prog: str = "orchestrator.pretrain") -> PretrainConfig:
+    return parse_tree(PretrainConfig, argv, prog, SUMMARY, default_recipe="default")
+
+
+def resolve_dataset(cfg: PretrainConfig) -> Path:
+    """A prepared dataset directory: given directly, or prepared now (a no-op when it exists)."""
+    from orchestrator.prepare import prepare_dataset
+
+    corpus = Path(cfg.data.corpus)
+    if corpus.is_dir() and (corpus / "manifest.json").exists():
+        return corpus.resolve()
+    root = Path(cfg.data.dataset_dir) if cfg.data.dataset_dir else Path(cfg.run.output_dir) / "datasets"
+    return prepare_dataset(cfg.data, cfg.tokenizer, root.resolve())
+
+
+def check_dataset_fits(cfg: PretrainConfig, manifest: dict[str, Any]) -> None:
+    vocab = manifest["tokenizer"]["vocab_size"]
+    if cfg.model.vocab_size < vocab:
+        raise UserInputError(f"model.vocab_size={cfg.model.vocab_size} is smaller than the tokenizer's vocabulary ({vocab})")
+    if manifest["seq_len"] != cfg.data.seq_len:
+        raise UserInputError(f"data.seq_len={cfg.data.seq_len} but the dataset was packed with seq_len {manifest['seq_len']}")
+    for split in ("train", "val"):
+        if manifest["splits"][split]["num_samples"] == 0:
+            raise UserInputError(f"data.corpus: the {split} split holds no complete sample of {cfg.data.seq_len + 1} tokens")
+
+
+def worker_runtime_env(cfg: PretrainConfig) -> dict[str, Any]:
+    env: dict[str, str] = {}
+    if not cfg.scaling.use_gpu:
+        env["DS_ACCELERATOR"] = "cpu"  # DeepSpeed would otherwise probe for accelerators and warn
+    if cfg.scaling.nccl_preset:
+        from orchestrator.fabric import load_nccl_preset
+
+        env.update(load_nccl_preset(cfg.scaling.nccl_preset))
+    return {"env_vars": env}
+
+
+def build_trainer(cfg: PretrainConfig, payload: dict[str, Any], run_dir: Path):
+    import ray.train
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    from workloads.pretrain_worker import train_worker
+
+    resources = {"CPU": cfg.scaling.cpus_per_worker}
+    if cfg.scaling.use_gpu:
+        resources["GPU"] = 1
+    return TorchTrainer(
+        train_worker,
+        train_loop_config=payload,
+        torch_config=TorchConfig(backend="nccl" if cfg.scaling.use_gpu else "gloo"),
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=cfg.scaling.num_workers,
+            use_gpu=cfg.scaling.use_gpu,
+            resources_per_worker=resources,
+            placement_strategy=cfg.scaling.placement_strategy,
+        ),
+        run_config=ray.train.RunConfig(
+            name=run_state.TRAIN_STORAGE,
+            storage_path=str(run_dir),
+            failure_config=ray.train.FailureConfig(max_failures=cfg.scaling.max_failures),
+            worker_runtime_env=worker_runtime_env(cfg),
+        ),
+    )
+
+
+def pretrain(cfg: PretrainConfig) -> dict[str, Any]:
+    """Run (or resume) one pretrain job; returns the final reported metrics."""
+    launched = time.perf_counter()
+    run_dir = cfg.run.run_dir()
+    global_batch = cfg.train.resolved_global_batch(cfg.data_parallel_degree())
+    identity = cfg.training_identity()
+    previous = run_state.claim(run_dir, identity, global_batch, cfg.run.fresh)
+    if cfg.scaling.nccl_preset:
+        worker_runtime_env(cfg)  # a bad preset name fails here, before anything starts
+
+    print(f"pretrain: {ray_runtime.connect()}", flush=True)
+    dataset_dir = resolve_dataset(cfg)
+    manifest = json.loads((dataset_dir / "manifest.json").read_text())
+    check_dataset_fits(cfg, manifest)
+
+    tracking_uri = resolve_tracking_uri(cfg.tracking.uri)
+    tracker = Tracker(tracking_uri, cfg.tracking.experiment)
+    run_id, resumed = tracker.start(
+        cfg.run.name,
+        previous.mlflow_run_id if previous else "",
+        tags={"orchestrator.stage": "pretrain", "orchestrator.identity": identity, "orchestrator.run_dir": str(run_dir)},
+    )
+    config_dict = to_dict(cfg)
+    tracker.log_config(config_dict, first_start=not resumed)
+    if not resumed:
+        tracker.log_dataset(dataset_dir, manifest)
+    run_state.save(run_dir, run_state.RunState(identity, global_batch, run_id, tracking_uri))
+    print(f"pretrain: run '{cfg.run.name}' in {run_dir} | MLflow run {run_id or '(tracking unavailable)'} at {tracking_uri}")
+
+    payload = {
+        **{name: dataclasses.asdict(getattr(cfg, name)) for name in ("model", "data", "train", "deepspeed")},
+        "dataset_dir": str(dataset_dir),
+        "run_dir": str(run_dir),
+        "tracking_uri": tracking_uri if tracker.available else "",
+        "mlflow_run_id": run_id,
+        "threads_per_worker": max(1, int(cfg.scaling.cpus_per_worker)),
+    }
+    trainer = build_trainer(cfg, payload, run_dir)
+    try:
+        result = trainer.fit()
+    except Exception:
+        tracker.finish("FAILED")
+        raise
+    final = dict(result.metrics or {})
+    if result.checkpoint is not None:
+        final["checkpoint"] = result.checkpoint.path
+        tracker.set_tags({"orchestrator.final_checkpoint": result.checkpoint.path})
+    final_eval = {f"final/{k.removeprefix('eval/')}": v for k, v in final.items() if k.startswith("eval/")}
+    tracker.log_metrics({**final_eval, "run/wall_s": time.perf_counter() - launched}, step=int(final.get("step", 0)))
+    halted = cfg.train.halt_at_step and final.get("step", 0) < cfg.train.max_steps
+    tracker.finish("KILLED" if halted else "FINISHED")
+    if "eval/bpb" in final:
+        print(
+            f"pretrain: done at step {final.get('step')} | final validation loss {final['eval/loss']:.4f} | "
+            f"bits per byte {final['eval/bpb']:.4f} | checkpoint {final.get('checkpoint')}"
+        )
+    else:
+        print(f"pretrain: stopped at step {final.get('step')} | checkpoint {final.get('checkpoint')} (resubmit to continue)")
+    return final
+
+
+def main(argv: list[str] | None = None) -> None:
+    pretrain(parse_cli(argv))
+
+
+if __name__ == "__main__":
+    run_cli(main, sys.argv[1:])

@@ -1,0 +1,117 @@
+"""The config tree of `orchestrator.pretrain` (and `orchestrator.prepare`).
+
+Driver-only sections (run, scaling, tracking) are declared here; the sections the
+workers use are declared next to the code that uses them in `workloads/`.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from workloads.data.config import DataConfig
+from workloads.engine import DeepSpeedConfig
+from workloads.errors import UserInputError
+from workloads.model import ModelConfig
+from workloads.schema import option
+from workloads.tokenizer import TokenizerConfig
+from workloads.train_config import TrainConfig
+
+PLACEMENT_STRATEGIES = ("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD")
+
+
+@dataclass
+class RunConfig:
+    """Naming and location of a run: resubmitting the same name resumes it."""
+
+    name: str = option("pretrain", "run name; resubmitting the same name resumes from its latest checkpoint")
+    output_dir: str = option("runs", "root for run directories and prepared datasets (shared storage on a cluster)")
+    fresh: bool = option(False, "start over: delete this run's checkpoints (needed when its config changed)")
+
+    def validate(self) -> None:
+        if not self.name or "/" in self.name or self.name.startswith("."):
+            raise UserInputError(f"run.name: '{self.name}' must be a non-empty name without '/'")
+
+    def run_dir(self) -> Path:
+        return Path(self.output_dir).resolve() / self.name
+
+
+@dataclass
+class ScalingConfig:
+    """Workers and resources for Ray Train."""
+
+    num_workers: int = option(1, "training workers (data-parallel ranks x pipeline stages)")
+    use_gpu: bool = option(False, "one GPU per worker, NCCL between them; otherwise CPU workers with gloo")
+    cpus_per_worker: float = option(1.0, "CPUs reserved per worker (fractions allowed); also its torch thread count")
+    placement_strategy: str = option("PACK", "Ray placement of workers: PACK | SPREAD | STRICT_PACK | STRICT_SPREAD")
+    nccl_preset: str = option("", "fabric preset of NCCL variables (infiniband, roce, efa, tcp) or a runtime-env YAML")
+    max_failures: int = option(0, "worker-group restarts from the latest checkpoint after a failure")
+
+    def validate(self) -> None:
+        if self.num_workers < 1:
+            raise UserInputError(f"scaling.num_workers: must be >= 1, got {self.num_workers}")
+        if self.cpus_per_worker <= 0:
+            raise UserInputError(f"scaling.cpus_per_worker: must be > 0, got {self.cpus_per_worker}")
+        if self.placement_strategy not in PLACEMENT_STRATEGIES:
+            raise UserInputError(
+                f"scaling.placement_strategy: '{self.placement_strategy}' is not one of {', '.join(PLACEMENT_STRATEGIES)}"
+            )
+        if self.max_failures < -1:
+            raise UserInputError(f"scaling.max_failures: must be >= -1 (-1 = unlimited), got {self.max_failures}")
+
+
+@dataclass
+class TrackingConfig:
+    """MLflow tracking."""
+
+    uri: str = option("", "tracking URI; empty = $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db in the working directory")
+    experiment: str = option("pretrain", "MLflow experiment name")
+
+    def validate(self) -> None:
+        if not self.experiment:
+            raise UserInputError("tracking.experiment: must not be empty")
+
+
+@dataclass
+class PretrainConfig:
+    """The whole tree of a pretrain run."""
+
+    run: RunConfig = dataclasses.field(default_factory=RunConfig)
+    data: DataConfig = dataclasses.field(default_factory=DataConfig)
+    tokenizer: TokenizerConfig = dataclasses.field(default_factory=TokenizerConfig)
+    model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
+    train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
+    deepspeed: DeepSpeedConfig = dataclasses.field(default_factory=DeepSpeedConfig)
+    scaling: ScalingConfig = dataclasses.field(default_factory=ScalingConfig)
+    tracking: TrackingConfig = dataclasses.field(default_factory=TrackingConfig)
+
+    def validate(self) -> None:
+        for section in dataclasses.fields(self):
+            getattr(self, section.name).validate()
+        if self.data.seq_len > self.model.max_seq_len:
+            raise UserInputError(
+                f"data.seq_len={self.data.seq_len} exceeds model.max_seq_len={self.model.max_seq_len}"
+            )
+        self.train.resolved_global_batch(self.data_parallel_degree())
+
+    def data_parallel_degree(self) -> int:
+        return self.scaling.num_workers
+
+    def training_identity(self) -> str:
+        """Hash of what determines the loss curve; a run directory keeps one identity.
+
+        Cadence fields (logging, eval, checkpoints, halting) and resources may change
+        between submissions of the same run without changing what is learned.
+        """
+        cadence = {"halt_at_step", "log_interval", "eval_interval", "eval_samples", "checkpoint_interval",
+                   "peak_flops_per_device"}
+        identity = {
+            "model": dataclasses.asdict(self.model),
+            "data": {k: v for k, v in dataclasses.asdict(self.data).items() if k != "dataset_dir"},
+            "tokenizer": dataclasses.asdict(self.tokenizer),
+            "train": {k: v for k, v in dataclasses.asdict(self.train).items() if k not in cadence},
+            "deepspeed": dataclasses.asdict(self.deepspeed),
+        }
+        return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]

@@ -1,0 +1,185 @@
+"""The pretraining loop that runs inside each Ray Train worker.
+
+The driver passes plain dicts (one per config section plus resolved paths); this
+module rebuilds the sections it owns, builds the model and the DeepSpeed engine,
+restores the latest checkpoint if Ray has one, and trains. Each worker reads only
+its own share of every global batch straight from the memory-mapped Arrow shards.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import ray.train
+import torch
+import torch.distributed as dist
+
+from workloads.checkpointing import restore_latest, save_and_report
+from workloads.data.config import DataConfig
+from workloads.data.loader import PackedDataset
+from workloads.data.order import global_batch_indices, rank_share, split_micro_batches
+from workloads.engine import DeepSpeedConfig, build_engine
+from workloads.evaluation import eval_sample_indices, evaluate
+from workloads.metrics_log import MetricsLog
+from workloads.model import GPT, ModelConfig, training_flops_per_token
+from workloads.perf import device_peak_flops, mfu
+from workloads.tokenizer import Tokenizer
+from workloads.train_config import TrainConfig
+
+
+@dataclass
+class WorkerPlan:
+    """Everything a worker needs, resolved by the driver."""
+
+    model: ModelConfig
+    data: DataConfig
+    train: TrainConfig
+    deepspeed: DeepSpeedConfig
+    dataset_dir: str
+    run_dir: str
+    tracking_uri: str
+    mlflow_run_id: str
+    threads_per_worker: int
+
+    @classmethod
+    def from_payload(cls, payload: dict[str, Any]) -> "WorkerPlan":
+        return cls(
+            model=ModelConfig(**payload["model"]),
+            data=DataConfig(**payload["data"]),
+            train=TrainConfig(**payload["train"]),
+            deepspeed=DeepSpeedConfig(**payload["deepspeed"]),
+            **{k: payload[k] for k in ("dataset_dir", "run_dir", "tracking_uri", "mlflow_run_id", "threads_per_worker")},
+        )
+
+
+def format_duration(seconds: float) -> str:
+    seconds = int(max(0, seconds))
+    hours, rest = divmod(seconds, 3600)
+    minutes, secs = divmod(rest, 60)
+    return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s"
+
+
+def global_mean(value: float, device) -> float:
+    if not dist.is_initialized():
+        return value
+    tensor = torch.tensor([value], dtype=torch.float64, device=device)
+    dist.all_reduce(tensor)
+    return tensor.item() / dist.get_world_size()
+
+
+def train_step(engine, dataset, micro_batches: list[np.ndarray], device) -> float:
+    """One optimizer step over this rank's micro-batches; returns the rank's mean loss."""
+    losses = []
+    for indices in micro_batches:
+        tokens, segments = dataset.get(indices)
+        tokens, segments = tokens.to(device, non_blocking=True), segments.to(device, non_blocking=True)
+        loss = engine(tokens[:, :-1], targets=tokens[:, 1:], segment_ids=segments[:, :-1])  # inputs/targets (B, T)
+        engine.backward(loss)
+        engine.step()  # DeepSpeed applies the optimizer only at the accumulation boundary
+        losses.append(loss.item())
+    return sum(losses) / len(losses)
+
+
+def train_worker(payload: dict[str, Any]) -> None:
+    """Ray Train entry point (`TorchTrainer(train_loop_per_worker=train_worker)`)."""
+    plan = WorkerPlan.from_payload(payload)
+    context = ray.train.get_context()
+    rank, world = context.get_world_rank(), context.get_world_size()
+    on_gpu = torch.cuda.is_available() and ray.train.torch.get_device().type == "cuda"
+    device = ray.train.torch.get_device() if on_gpu else torch.device("cpu")
+    torch.set_num_threads(plan.threads_per_worker)
+    is_chief = rank == 0
+    train_cfg, data_cfg = plan.train, plan.data
+
+    train_set = PackedDataset(plan.dataset_dir, "train")
+    val_set = PackedDataset(plan.dataset_dir, "val")
+    byte_lengths = torch.as_tensor(
+        Tokenizer.load(Path(plan.dataset_dir) / "tokenizer.model").token_byte_lengths(), device=device
+    )
+    global_batch = train_cfg.resolved_global_batch(world)
+    seq_len = train_set.seq_len
+    flops_per_token = training_flops_per_token(plan.model, seq_len)
+    peak, peak_source = device_peak_flops(on_gpu, plan.deepspeed.uses_bf16(on_gpu), train_cfg.peak_flops_per_device)
+
+    torch.manual_seed(train_cfg.seed)  # identical initial weights on every rank and every layout
+    model = GPT(plan.model)
+    engine = build_engine(model, plan.deepspeed, train_cfg, world, on_gpu)
+    client_state = restore_latest(engine)
+    start_step = client_state["step"] if client_state else 0
+
+    log = MetricsLog(Path(plan.run_dir) / "metrics.jsonl", plan.tracking_uri, plan.mlflow_run_id) if is_chief else None
+    if is_chief:
+        where = f"resumed from step {start_step}" if client_state else "from scratch"
+        print(
+            f"training {where}: {world} worker(s), global batch {global_batch} x {seq_len} tokens, "
+            f"ZeRO {plan.deepspeed.zero_stage}, {flops_per_token / 1e6:.2f} MFLOP/token, peak {peak / 1e12:.2f} "
+            f"TFLOP/s per device ({peak_source})",
+            flush=True,
+        )
+    eval_indices = eval_sample_indices(val_set.num_samples, train_cfg.eval_samples, rank, world)
+
+    def run_eval(step: int) -> dict[str, float]:
+        results = evaluate(engine, val_set, eval_indices, train_cfg.micro_batch_size, byte_lengths, device)
+        if is_chief:
+            log.log(step, results)
+            print(
+                f"eval step {step}: loss {results['eval/loss']:.4f} | ppl {results['eval/ppl']:.2f} | "
+                f"bpb {results['eval/bpb']:.4f}",
+                flush=True,
+            )
+        return results
+
+    def checkpoint(step: int, metrics: dict[str, float]) -> None:
+        state = {"step": step, "samples_consumed": step * global_batch, "global_batch": global_batch}
+        save_and_report(engine, step, state, {"step": step, **metrics})
+
+    stop_step = min(train_cfg.max_steps, train_cfg.halt_at_step or train_cfg.max_steps)
+    window_start, window_steps = time.perf_counter(), 0
+    last_eval: dict[str, float] = {}
+    step = start_step
+    for step in range(start_step + 1, stop_step + 1):
+        indices = rank_share(global_batch_indices(train_set.num_samples, global_batch, step - 1, data_cfg.shuffle_seed), rank, world)
+        local_loss = train_step(engine, train_set, split_micro_batches(indices, train_cfg.micro_batch_size), device)
+        loss = global_mean(local_loss, device)
+        window_steps += 1
+        metrics = {"train/loss": loss}
+        if step == start_step + 1 or step % train_cfg.log_interval == 0 or step == stop_step:
+            elapsed = time.perf_counter() - window_start
+            tokens_per_s = window_steps * global_batch * seq_len / elapsed
+            grad_norm = engine.get_global_grad_norm()
+            metrics.update(
+                {
+                    "train/lr": engine.get_lr()[0],
+                    "perf/tokens_per_s": tokens_per_s,
+                    "perf/mfu": mfu(flops_per_token, tokens_per_s, peak, world),
+                }
+            )
+            if grad_norm is not None:
+                metrics["train/grad_norm"] = float(grad_norm)
+            if is_chief:
+                eta = (stop_step - step) * elapsed / window_steps
+                print(
+                    f"step {step}/{train_cfg.max_steps} | loss {loss:.4f} | lr {metrics['train/lr']:.2e} | "
+                    f"{tokens_per_s:,.0f} tok/s | MFU {100 * metrics['perf/mfu']:.1f}% | ETA {format_duration(eta)}",
+                    flush=True,
+                )
+            window_start, window_steps = time.perf_counter(), 0
+        if is_chief:
+            log.log(step, metrics)
+        if step % train_cfg.eval_interval == 0 or step == train_cfg.max_steps:
+            last_eval = run_eval(step)
+        at_interval = train_cfg.checkpoint_interval and step % train_cfg.checkpoint_interval == 0
+        if at_interval or step == stop_step:
+            checkpoint(step, {"train/loss": loss, **last_eval})
+            window_start = time.perf_counter()  # do not bill checkpoint time to training throughput
+
+    if step == start_step:  # nothing left to train: still hand the driver the final numbers
+        last_eval = run_eval(step)
+        ray.train.report({"step": step, **last_eval})
+    if is_chief:
+        unsent = log.close()
+        if unsent:
+            print(f"warning: {unsent} metrics could not be sent to the tracking server; they are in {log.jsonl_path}")
