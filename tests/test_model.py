@@ -1,0 +1,346 @@
+"""Tests for workloads/model.py on tiny models (CPU, a few seconds)."""
+import dataclasses
+import itertools
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from workloads.errors import UserInputError
+from workloads.model import (
+    GPT,
+    MLP_KINDS,
+    NORM_KINDS,
+    POSITION_KINDS,
+    ModelConfig,
+    alibi_slopes,
+    count_parameters,
+    forward_flops_per_token,
+    matmul_parameters,
+    training_flops_per_token,
+)
+
+VOCAB = 61
+# Three packed documents of lengths 5, 7 and 4.
+SEGMENTS = torch.tensor([[0] * 5 + [1] * 7 + [2] * 4] * 2)  # (B=2, T=16)
+DOC1 = slice(5, 12)
+
+
+def tiny(**overrides) -> ModelConfig:
+    fields = dict(vocab_size=VOCAB, d_model=32, n_layers=2, n_heads=4, max_seq_len=24)
+    return ModelConfig(**{**fields, **overrides})
+
+
+def tiny_model(seed: int = 0, **overrides) -> GPT:
+    torch.manual_seed(seed)
+    return GPT(tiny(**overrides)).eval()
+
+
+def tokens(shape, seed: int = 1) -> torch.Tensor:
+    return torch.randint(0, VOCAB, shape, generator=torch.Generator().manual_seed(seed))
+
+
+def assert_same(a: torch.Tensor, b: torch.Tensor) -> None:
+    torch.testing.assert_close(a, b, atol=1e-5, rtol=0)
+
+
+def assert_differs(a: torch.Tensor, b: torch.Tensor) -> None:
+    assert (a - b).abs().max() > 1e-3
+
+
+# --- masking --------------------------------------------------------------------------
+
+@pytest.mark.parametrize("segmented", [False, True])
+@pytest.mark.parametrize("position", POSITION_KINDS)
+def test_future_tokens_never_change_earlier_logits(position, segmented):
+    model = tiny_model(position=position)
+    segment_ids = SEGMENTS if segmented else None
+    x = tokens((2, 16))
+    before = model(x, segment_ids=segment_ids)
+    for t in (3, 9, 15):
+        changed = x.clone()
+        changed[:, t] = (changed[:, t] + 1) % VOCAB
+        after = model(changed, segment_ids=segment_ids)
+        assert_same(after[:, :t], before[:, :t])
+        assert_differs(after[:, t], before[:, t])
+
+
+@pytest.mark.parametrize("position", POSITION_KINDS)
+def test_tokens_never_attend_across_documents(position):
+    model = tiny_model(position=position)
+    x = tokens((2, 16))
+    before = model(x, segment_ids=SEGMENTS)
+    changed = x.clone()
+    changed[:, DOC1] = (changed[:, DOC1] + 1) % VOCAB
+    after = model(changed, segment_ids=SEGMENTS)
+    assert_same(after[:, :5], before[:, :5])
+    assert_same(after[:, 12:], before[:, 12:])  # document 2 comes later, yet sees none of document 1
+    assert_differs(after[:, DOC1], before[:, DOC1])
+
+
+@pytest.mark.parametrize("position", ["rope", "alibi"])
+def test_relative_positions_give_a_document_the_same_logits_packed_or_alone(position):
+    model = tiny_model(position=position)
+    x = tokens((2, 16))
+    packed = model(x, segment_ids=SEGMENTS)[:, DOC1]
+    alone = model(x[:, DOC1])
+    assert_same(packed, alone)
+
+
+def test_learned_positions_stay_absolute_within_a_pack():
+    # The documented choice: positions do not restart at document starts.
+    model = tiny_model(position="learned")
+    x = tokens((2, 16))
+    assert_differs(model(x, segment_ids=SEGMENTS)[:, DOC1], model(x[:, DOC1]))
+
+
+@pytest.mark.parametrize("position", POSITION_KINDS)
+def test_a_single_document_mask_matches_plain_causal_attention(position):
+    model = tiny_model(position=position)
+    x = tokens((2, 16))
+    assert_same(model(x, segment_ids=torch.zeros_like(x)), model(x))
+
+
+def test_alibi_slopes_follow_the_paper():
+    assert alibi_slopes(8) == [2.0 ** -i for i in range(1, 9)]
+    # 6 heads: the 4-head sequence, then every other slope of the 8-head sequence.
+    assert alibi_slopes(6) == [2.0 ** -2, 2.0 ** -4, 2.0 ** -6, 2.0 ** -8, 2.0 ** -1, 2.0 ** -3]
+
+
+def test_alibi_bias_is_minus_slope_times_distance_and_masked_across_documents():
+    model = tiny_model(position="alibi")
+    segment_ids = torch.tensor([[0, 0, 0, 1, 1]])
+    bias, rope = model.attention_inputs(segment_ids, 5, torch.float32)
+    assert rope is None and bias.shape == (1, 4, 5, 5)
+    slope = alibi_slopes(4)[1]
+    assert bias[0, 1, 2, 0] == -2 * slope and bias[0, 1, 2, 2] == 0
+    assert bias[0, 1, 4, 3] == -slope
+    assert bias[0, 1, 0, 1] == float("-inf")  # future
+    assert bias[0, 1, 3, 2] == float("-inf")  # earlier document
+
+
+def test_pipeline_pieces_compose_to_forward():
+    model = tiny_model(position="alibi", tie_embeddings=False)
+    x = tokens((2, 16))
+    h = model.embed_tokens(x)
+    attn_bias, rope = model.attention_inputs(SEGMENTS, 16, h.dtype)
+    for block in model.blocks:
+        h = block(h, attn_bias, rope)
+    assert torch.equal(model.head(h), model(x, segment_ids=SEGMENTS))
+
+
+def test_sequences_longer_than_max_seq_len_are_refused():
+    with pytest.raises(ValueError, match="max_seq_len=24"):
+        tiny_model()(tokens((1, 25)))
+
+
+# --- loss and training ----------------------------------------------------------------
+
+def test_loss_is_cross_entropy_of_the_logits_with_mean_and_sum():
+    model = tiny_model()
+    x, y = tokens((2, 16)), tokens((2, 16), seed=2)
+    expected = F.cross_entropy(model(x).reshape(-1, VOCAB), y.reshape(-1))
+    assert_same(model(x, y), expected)
+    assert_same(model(x, y, reduction="sum"), expected * 32)
+    y[:, :8] = -100  # ignored targets (e.g. SFT prompts) count neither in the sum nor the mean
+    assert_same(model(x, y, reduction="sum"), model(x, y) * 16)
+
+
+@pytest.mark.parametrize("position,mlp,norm", list(itertools.product(POSITION_KINDS, MLP_KINDS, NORM_KINDS)))
+def test_every_variant_trains_on_a_fixed_batch(position, mlp, norm):
+    model = tiny_model(position=position, mlp=mlp, norm=norm).train()
+    batch = tokens((4, 17))
+    x, y = batch[:, :-1], batch[:, 1:]
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.3, momentum=0.9)
+    losses = []
+    for _ in range(40):
+        loss = model(x, y, segment_ids=SEGMENTS.repeat(2, 1))
+        optimizer.zero_grad()
+        loss.backward()
+        assert all(p.grad is not None and p.grad.isfinite().all() for p in model.parameters())
+        optimizer.step()
+        losses.append(loss.item())
+    assert losses[0] == pytest.approx(math.log(VOCAB), rel=0.1)
+    assert losses[-1] < 0.5 * losses[0]
+
+
+# --- init -----------------------------------------------------------------------------
+
+def test_init_is_deterministic_given_the_seed():
+    a, b, c = tiny_model(seed=3), tiny_model(seed=3), tiny_model(seed=4)
+    assert all(torch.equal(a.state_dict()[k], b.state_dict()[k]) for k in a.state_dict())
+    assert not torch.equal(a.embed.tokens.weight, c.embed.tokens.weight)
+
+
+@pytest.mark.parametrize("mlp,down", [("swiglu", "w2"), ("gelu", "proj")])
+def test_residual_projections_get_gpt2_scaled_init(mlp, down):
+    torch.manual_seed(0)
+    model = GPT(ModelConfig(mlp=mlp))  # d_model 256: enough weights for a 5% std estimate
+    block = model.blocks[0]
+    scaled = 0.02 / math.sqrt(2 * 4)
+    assert block.attn.qkv.weight.std().item() == pytest.approx(0.02, rel=0.05)
+    assert model.embed.tokens.weight.std().item() == pytest.approx(0.02, rel=0.05)
+    assert block.attn.proj.weight.std().item() == pytest.approx(scaled, rel=0.05)
+    assert getattr(block.mlp, down).weight.std().item() == pytest.approx(scaled, rel=0.05)
+    assert torch.equal(block.norm1.weight, torch.ones(256))
+
+
+def test_tied_embeddings_share_one_weight():
+    tied, untied = tiny_model(), tiny_model(tie_embeddings=False)
+    assert tied.lm_head.weight is tied.embed.tokens.weight
+    assert untied.lm_head.weight is not untied.embed.tokens.weight
+
+
+# --- counts ---------------------------------------------------------------------------
+
+def test_auto_ffn_hidden():
+    assert ModelConfig().resolved_ffn_hidden == 704  # 8/3 * 256 = 682.7, up to a multiple of 64
+    assert ModelConfig(mlp="gelu").resolved_ffn_hidden == 1024
+    assert tiny().resolved_ffn_hidden == 128  # 8/3 * 32 = 85.3
+    assert tiny(ffn_hidden=100).resolved_ffn_hidden == 100
+
+
+@pytest.mark.parametrize(
+    "position,mlp,norm,tie,ffn_hidden,n_heads",
+    list(itertools.product(POSITION_KINDS, MLP_KINDS, NORM_KINDS, [True, False], [0, 48], [2]))
+    + [("rope", "swiglu", "rmsnorm", True, 0, 8), ("alibi", "gelu", "layernorm", False, 0, 1)],
+)
+def test_count_parameters_matches_the_module(position, mlp, norm, tie, ffn_hidden, n_heads):
+    cfg = tiny(position=position, mlp=mlp, norm=norm, tie_embeddings=tie, ffn_hidden=ffn_hidden, n_heads=n_heads)
+    assert count_parameters(cfg) == sum(p.numel() for p in GPT(cfg).parameters())
+
+
+def test_count_parameters_by_hand():
+    cfg = ModelConfig(vocab_size=100, d_model=32, n_layers=2, n_heads=4, max_seq_len=16,
+                      mlp="swiglu", position="learned", tie_embeddings=False)
+    token_embedding = 100 * 32
+    positions = 16 * 32
+    block = 2 * 32 + 32 * 96 + 32 * 32 + 3 * 32 * 128  # norms, qkv, out-proj, swiglu (hidden 128)
+    final_norm = 32
+    head = 32 * 100
+    assert count_parameters(cfg) == token_embedding + positions + 2 * block + final_norm + head == 39840
+    assert count_parameters(dataclasses.replace(cfg, tie_embeddings=True, position="rope")) == 39840 - 512 - 3200
+
+
+def test_flops_per_token_by_hand_for_nanogpt_baby_gpt():
+    cfg = ModelConfig(vocab_size=65, d_model=128, n_layers=4, n_heads=4, max_seq_len=64,
+                      mlp="gelu", position="learned")
+    per_block = 4 * 128 * 128 + 2 * 128 * 512  # qkv + out-proj, fc + proj
+    head = 65 * 128  # counted although tied: the head matmul is real work
+    assert matmul_parameters(cfg) == 4 * per_block + head == 794752
+    attention = 12 * 4 * 128 * 64
+    assert training_flops_per_token(cfg, 64) == 6 * 794752 + attention == 5161728
+    assert forward_flops_per_token(cfg, 64) == 5161728 // 3
+    assert matmul_parameters(dataclasses.replace(cfg, tie_embeddings=False)) == 794752
+
+
+# --- generate -------------------------------------------------------------------------
+
+def greedy(model, prompt, n):
+    return model.generate(prompt, n, temperature=0)
+
+
+def test_generate_appends_tokens_after_the_prompt():
+    model, prompt = tiny_model(), tokens((2, 5))
+    out = model.generate(prompt, 7, generator=torch.Generator().manual_seed(0))
+    assert out.shape == (2, 12) and out.dtype == torch.long
+    assert torch.equal(out[:, :5], prompt)
+    assert ((out >= 0) & (out < VOCAB)).all()
+
+
+def test_greedy_is_deterministic_and_takes_the_argmax():
+    model, prompt = tiny_model(), tokens((2, 5))
+    out = greedy(model, prompt, 6)
+    assert torch.equal(out, greedy(model, prompt, 6))
+    for t in range(5, 11):
+        assert torch.equal(out[:, t], model(out[:, :t])[:, -1].argmax(-1))
+
+
+def test_sampling_is_reproducible_with_a_generator():
+    model, prompt = tiny_model(), tokens((2, 5))
+    a = model.generate(prompt, 8, generator=torch.Generator().manual_seed(5))
+    b = model.generate(prompt, 8, generator=torch.Generator().manual_seed(5))
+    assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("filtering", [dict(top_k=1), dict(top_p=1e-6), dict(top_k=3, top_p=1e-6)])
+def test_top_k_1_and_tiny_top_p_equal_greedy(filtering):
+    model, prompt = tiny_model(), tokens((2, 5))
+    sampled = model.generate(prompt, 8, temperature=1.0, generator=torch.Generator().manual_seed(0), **filtering)
+    assert torch.equal(sampled, greedy(model, prompt, 8))
+
+
+def test_top_k_and_top_p_restrict_samples_to_the_likely_tokens():
+    model = tiny_model()
+    prompt = tokens((1, 5)).repeat(300, 1)
+    probs = model(prompt[:1])[0, -1].softmax(-1)
+    ranked = probs.argsort(descending=True)
+    generator = torch.Generator().manual_seed(0)
+
+    top_k = model.generate(prompt, 1, top_k=3, generator=generator)[:, -1]
+    assert set(top_k.tolist()) <= set(ranked[:3].tolist())
+
+    nucleus_size = int((probs[ranked].cumsum(0) < 0.5).sum()) + 1  # fewest tokens reaching 0.5
+    top_p = model.generate(prompt, 1, top_p=0.5, generator=generator)[:, -1]
+    assert set(top_p.tolist()) <= set(ranked[:nucleus_size].tolist())
+    assert len(set(top_p.tolist())) > 1 or nucleus_size == 1
+
+
+def test_generate_crops_the_context_to_max_seq_len():
+    model = tiny_model(position="learned", max_seq_len=8)  # learned positions fail beyond 8
+    out = greedy(model, tokens((2, 6)), 10)
+    assert out.shape == (2, 16)
+    for t in range(6, 16):
+        assert torch.equal(out[:, t], model(out[:, max(0, t - 8):t])[:, -1].argmax(-1))
+
+
+def test_generate_refuses_bad_sampling_settings():
+    model, prompt = tiny_model(), tokens((1, 3))
+    with pytest.raises(ValueError, match="temperature"):
+        model.generate(prompt, 1, temperature=-1.0)
+    with pytest.raises(ValueError, match="top_p"):
+        model.generate(prompt, 1, top_p=0.0)
+
+
+# --- validate -------------------------------------------------------------------------
+
+def test_defaults_are_valid():
+    ModelConfig().validate()
+    tiny(position="learned", d_model=12, n_heads=4).validate()  # odd head dims are fine without rope
+
+
+@pytest.mark.parametrize(
+    "overrides,field",
+    [
+        (dict(vocab_size=0), "vocab_size"),
+        (dict(d_model=-8), "d_model"),
+        (dict(d_model=256.0), "d_model"),
+        (dict(n_layers=True), "n_layers"),
+        (dict(n_heads=0), "n_heads"),
+        (dict(max_seq_len=0), "max_seq_len"),
+        (dict(ffn_hidden=-1), "ffn_hidden"),
+        (dict(mlp="relu"), "mlp"),
+        (dict(norm="batchnorm"), "norm"),
+        (dict(position="sinusoidal"), "position"),
+        (dict(d_model=12, n_heads=4), "position"),  # rope on a head dim of 3
+        (dict(rope_theta=0.0), "rope_theta"),
+        (dict(norm_eps=0.0), "norm_eps"),
+        (dict(dropout=1.0), "dropout"),
+        (dict(dropout=-0.1), "dropout"),
+        (dict(init_std=-0.02), "init_std"),
+    ],
+)
+def test_bad_values_name_the_field(overrides, field):
+    cfg = dataclasses.replace(ModelConfig(), **overrides)
+    with pytest.raises(UserInputError) as error:
+        cfg.validate()
+    message = str(error.value)
+    assert message.startswith(f"model.{field}: ") and "\n" not in message
+    with pytest.raises(UserInputError):
+        GPT(cfg)
+
+
+def test_heads_that_do_not_divide_the_width_are_reported_with_both_numbers():
+    with pytest.raises(UserInputError, match=r"^model.n_heads: 6 does not divide model.d_model=256$"):
+        ModelConfig(n_heads=6).validate()
