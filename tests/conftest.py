@@ -1,0 +1,55 @@
+"""Shared fixtures: a real local Ray, a small real corpus, and its prepared dataset."""
+from __future__ import annotations
+
+import os
+import sysconfig
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+# DeepSpeed JIT-compiles a small CPU comm op once (20-30 s); keep it across test runs.
+os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(REPO / ".cache" / "torch_extensions"))
+os.environ.setdefault("DS_ACCELERATOR", "cpu")
+# A train loop that cannot start must fail the test quickly instead of retrying for minutes.
+os.environ.setdefault("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", "120")
+os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.2")
+
+# Real text every Python install has: a slice of the standard library's own modules.
+CORPUS_MODULES = ["argparse.py", "collections/__init__.py", "dataclasses.py", "functools.py", "inspect.py",
+                  "pathlib.py", "subprocess.py", "textwrap.py", "typing.py", "json/decoder.py", "json/encoder.py"]
+
+
+@pytest.fixture
+def ray_local():
+    """A local Ray with 2 CPUs, started once and kept for the session (tests may shut it down)."""
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=True)
+    yield ray
+
+
+@pytest.fixture(scope="session")
+def small_corpus(tmp_path_factory) -> Path:
+    """~0.5 MB of real Python source as a directory of .txt files."""
+    stdlib = Path(sysconfig.get_paths()["stdlib"])
+    corpus = tmp_path_factory.mktemp("corpus")
+    for name in CORPUS_MODULES:
+        text = (stdlib / name).read_text(encoding="utf-8")
+        (corpus / (name.replace("/", "_") + ".txt")).write_text(text, encoding="utf-8")
+    return corpus
+
+
+@pytest.fixture(scope="session")
+def tiny_dataset(small_corpus, tmp_path_factory) -> Path:
+    """The small corpus prepared once with the tiny recipe's data and tokenizer sections."""
+    import ray
+
+    from orchestrator.prepare import prepare_dataset
+    from orchestrator.pretrain import parse_cli
+
+    if not ray.is_initialized():
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=True)
+    cfg = parse_cli(["--config", "tiny", f"--data.corpus={small_corpus}"])
+    return prepare_dataset(cfg.data, cfg.tokenizer, tmp_path_factory.mktemp("datasets"))
