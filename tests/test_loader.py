@@ -1,0 +1,157 @@
+"""Reading shards back (memory-mapped, checked) and the global sample order."""
+from __future__ import annotations
+
+import pickle
+
+import numpy as np
+import pyarrow as pa
+import pytest
+import torch
+
+from workloads.data.loader import PackedDataset, load_manifest
+from workloads.data.order import epoch_permutation, global_batch_indices, rank_share, split_micro_batches
+from workloads.data.shards import FORMAT_VERSION, write_manifest, write_shards
+from workloads.errors import UserInputError
+
+SEQ_LEN = 16
+
+
+def write_dataset(directory, num_train=50, num_val=7, shard_samples=16):
+    """A dataset of known random samples, written the way prepare writes them."""
+    rng = np.random.default_rng(0)
+    samples = {}
+    splits = {}
+    for split, count in (("train", num_train), ("val", num_val)):
+        tokens = rng.integers(0, 1000, size=(count, SEQ_LEN + 1), dtype=np.int32)
+        segments = np.sort(rng.integers(0, 3, size=(count, SEQ_LEN + 1), dtype=np.int32), axis=1)
+        shards = write_shards(directory, split, tokens, segments, shard_samples)
+        splits[split] = {"num_samples": count, "shards": shards}
+        samples[split] = (tokens, segments)
+    write_manifest(directory, {"format_version": FORMAT_VERSION, "seq_len": SEQ_LEN, "splits": splits})
+    return samples
+
+
+@pytest.fixture
+def dataset_dir(tmp_path):
+    samples = write_dataset(tmp_path)
+    return tmp_path, samples
+
+
+def test_get_returns_what_was_written(dataset_dir):
+    directory, samples = dataset_dir
+    train = PackedDataset(directory, "train")
+    assert (train.num_samples, train.seq_len, len(train._shards)) == (50, SEQ_LEN, 4)  # 16+16+16+2
+    indices = np.array([49, 0, 17, 16, 15, 33, 17])  # across all shards, unordered, repeated
+    tokens, segments = train.get(indices)
+    assert tokens.dtype == torch.int64 and tokens.shape == (7, SEQ_LEN + 1)
+    np.testing.assert_array_equal(tokens.numpy(), samples["train"][0][indices])
+    np.testing.assert_array_equal(segments.numpy(), samples["train"][1][indices])
+    val_tokens, _ = PackedDataset(directory, "val").get(np.arange(7))
+    np.testing.assert_array_equal(val_tokens.numpy(), samples["val"][0])
+
+
+def test_shards_are_mapped_not_copied(tmp_path):
+    write_dataset(tmp_path, num_train=5000, num_val=10, shard_samples=2500)
+    before = pa.total_allocated_bytes()
+    train = PackedDataset(tmp_path, "train")
+    assert pa.total_allocated_bytes() - before < 10_000  # the 2 x 340 KB of samples stay in the files
+    assert not train._token_views[0].flags.owndata
+
+
+def test_out_of_range_index_is_refused(dataset_dir):
+    train = PackedDataset(dataset_dir[0], "train")
+    with pytest.raises(IndexError):
+        train.get(np.array([50]))
+
+
+def test_pickled_dataset_reopens_the_files(dataset_dir):
+    directory, samples = dataset_dir
+    copy = pickle.loads(pickle.dumps(PackedDataset(directory, "train")))
+    np.testing.assert_array_equal(copy.get(np.array([3]))[0].numpy(), samples["train"][0][[3]])
+
+
+def test_verify_checksums_passes_on_intact_shards(dataset_dir):
+    PackedDataset(dataset_dir[0], "train").verify_checksums()
+
+
+def test_corrupted_shard_is_named_by_verify_checksums(dataset_dir):
+    directory, _ = dataset_dir
+    train = PackedDataset(directory, "train")
+    shard = directory / "train-00002.arrow"
+    data = bytearray(shard.read_bytes())
+    data[len(data) // 2] ^= 0xFF  # one flipped byte inside the token values
+    shard.write_bytes(bytes(data))
+    with pytest.raises(UserInputError, match=r"train-00002\.arrow: sha256 .* differs"):
+        train.verify_checksums()
+
+
+def test_truncated_shard_is_named_on_open(dataset_dir):
+    directory, _ = dataset_dir
+    shard = directory / "train-00001.arrow"
+    shard.write_bytes(shard.read_bytes()[: shard.stat().st_size // 2])
+    with pytest.raises(UserInputError, match=r"train-00001\.arrow: unreadable Arrow shard"):
+        PackedDataset(directory, "train")
+
+
+def test_shard_with_broken_footer_is_named_on_open(dataset_dir):
+    directory, _ = dataset_dir
+    shard = directory / "val-00000.arrow"
+    data = bytearray(shard.read_bytes())
+    data[-10:] = b"\x00" * 10  # footer length and magic
+    shard.write_bytes(bytes(data))
+    with pytest.raises(UserInputError, match=r"val-00000\.arrow: unreadable Arrow shard"):
+        PackedDataset(directory, "val")
+
+
+def test_missing_shard_is_named_on_open(dataset_dir):
+    directory, _ = dataset_dir
+    (directory / "val-00000.arrow").unlink()
+    with pytest.raises(UserInputError, match=r"val-00000\.arrow"):
+        PackedDataset(directory, "val")
+
+
+def test_missing_manifest_is_a_user_error(tmp_path):
+    with pytest.raises(UserInputError, match="no manifest.json"):
+        load_manifest(tmp_path)
+
+
+@pytest.mark.parametrize("num_samples,batch", [(10, 5), (10, 3), (7, 7), (5, 8)])
+def test_every_sample_appears_once_per_epoch(num_samples, batch):
+    epochs = 3
+    steps = epochs * num_samples // batch
+    stream = np.concatenate([global_batch_indices(num_samples, batch, k, seed=11) for k in range(steps)])
+    for e in range(epochs):
+        epoch = stream[e * num_samples : (e + 1) * num_samples]
+        if len(epoch) == num_samples:
+            assert sorted(epoch.tolist()) == list(range(num_samples))
+    # The stream is the concatenation of the seeded epoch permutations.
+    expected = np.concatenate([np.random.default_rng([11, e]).permutation(num_samples) for e in range(epochs + 1)])
+    np.testing.assert_array_equal(stream, expected[: len(stream)])
+
+
+def test_epochs_and_seeds_are_shuffled_differently():
+    assert not np.array_equal(epoch_permutation(100, 0, 0), epoch_permutation(100, 0, 1))
+    assert not np.array_equal(global_batch_indices(100, 10, 0, seed=0), global_batch_indices(100, 10, 0, seed=1))
+
+
+def test_global_batch_does_not_depend_on_world_size():
+    for step in (0, 1, 7, 12):  # 12 * 24 crosses the epoch boundary of 100 samples
+        batch = global_batch_indices(100, 24, step, seed=3)
+        for world in (1, 2, 4):
+            shares = [rank_share(batch, rank, world) for rank in range(world)]
+            assert all(len(share) == 24 // world for share in shares)
+            np.testing.assert_array_equal(np.concatenate(shares), batch)
+
+
+def test_indivisible_batch_is_a_user_error():
+    batch = global_batch_indices(100, 10, 0, seed=0)
+    with pytest.raises(UserInputError, match="10 is not divisible by .* 4"):
+        rank_share(batch, 0, 4)
+    with pytest.raises(UserInputError, match="not divisible by micro batch size 3"):
+        split_micro_batches(batch, 3)
+
+
+def test_micro_batches_cover_the_share_in_order():
+    share = np.arange(10, 22)
+    micro = split_micro_batches(share, 4)
+    assert [m.tolist() for m in micro] == [[10, 11, 12, 13], [14, 15, 16, 17], [18, 19, 20, 21]]
