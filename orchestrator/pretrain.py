@@ -50,7 +50,8 @@ def check_dataset_fits(cfg: PretrainConfig, manifest: dict[str, Any]) -> None:
 
 
 def worker_runtime_env(cfg: PretrainConfig) -> dict[str, Any]:
-    env: dict[str, str] = {}
+    # Plain prints: Train's print-to-logger patch doubles every line once a library wraps stdout.
+    env: dict[str, str] = {"RAY_TRAIN_ENABLE_PRINT_PATCH": "0"}
     if not cfg.scaling.use_gpu:
         env["DS_ACCELERATOR"] = "cpu"  # DeepSpeed would otherwise probe for accelerators and warn
     if cfg.scaling.nccl_preset:

@@ -96,9 +96,7 @@ def train_worker(payload: dict[str, Any]) -> None:
 
     train_set = PackedDataset(plan.dataset_dir, "train")
     val_set = PackedDataset(plan.dataset_dir, "val")
-    byte_lengths = torch.as_tensor(
-        Tokenizer.load(Path(plan.dataset_dir) / "tokenizer.model").token_byte_lengths(), device=device
-    )
+    byte_lengths = torch.tensor(Tokenizer.load(Path(plan.dataset_dir) / "tokenizer.model").token_byte_lengths(), device=device)
     global_batch = train_cfg.resolved_global_batch(world)
     seq_len = train_set.seq_len
     flops_per_token = training_flops_per_token(plan.model, seq_len)
