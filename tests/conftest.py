@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from pretrain_helpers import ensure_local_ray
+
 REPO = Path(__file__).resolve().parent.parent
 # DeepSpeed JIT-compiles a small CPU comm op once (20-30 s); keep it across test runs.
 os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(REPO / ".cache" / "torch_extensions"))
@@ -25,8 +27,7 @@ def ray_local():
     """A local Ray with 2 CPUs, started once and kept for the session (tests may shut it down)."""
     import ray
 
-    if not ray.is_initialized():
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=True)
+    ensure_local_ray()
     yield ray
 
 
@@ -44,12 +45,9 @@ def small_corpus(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_dataset(small_corpus, tmp_path_factory) -> Path:
     """The small corpus prepared once with the tiny recipe's data and tokenizer sections."""
-    import ray
-
     from orchestrator.prepare import prepare_dataset
     from orchestrator.pretrain import parse_cli
 
-    if not ray.is_initialized():
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=True)
+    ensure_local_ray()
     cfg = parse_cli(["--config", "tiny", f"--data.corpus={small_corpus}"])
     return prepare_dataset(cfg.data, cfg.tokenizer, tmp_path_factory.mktemp("datasets"))

@@ -7,6 +7,14 @@ from pathlib import Path
 from orchestrator.pretrain import parse_cli, pretrain
 
 
+def ensure_local_ray() -> None:
+    """A private local Ray with 2 CPUs (never a cluster some other process started)."""
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=True)
+
+
 def run_tiny(dataset: Path, output_dir: Path, tracking_uri: str, *overrides: str) -> dict:
     """One real pretrain job on the prepared tiny dataset (a local Ray must be running)."""
     cfg = parse_cli(

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from pretrain_helpers import run_tiny, step_metrics
+from pretrain_helpers import ensure_local_ray, run_tiny, step_metrics
 
 pytestmark = pytest.mark.slow
 
@@ -20,10 +20,7 @@ def curves(tiny_dataset, tmp_path_factory, tracking_uri):
     The global batch is the same (8 sequences) for both worker counts, so every
     layout sees the same data in each step.
     """
-    import ray
-
-    if not ray.is_initialized():
-        ray.init(num_cpus=2, include_dashboard=False)
+    ensure_local_ray()
     output = tmp_path_factory.mktemp("layouts")
     results = {}
     for workers, accumulation in ((1, 2), (2, 1)):
