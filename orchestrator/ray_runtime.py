@@ -12,6 +12,9 @@ os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
 def connect() -> str:
     """Join the cluster named by RAY_ADDRESS (set inside `ray job submit`), or start a local Ray.
 
+    Without RAY_ADDRESS a fresh local Ray is started even if another one runs on this
+    machine: Ray's own default would join whatever cluster it last recorded, and hang
+    when that one is gone. `RAY_ADDRESS=auto` joins a cluster started with `ray start`.
     Returns a short description for the log. The local dashboard binds to 127.0.0.1.
     """
     import ray
@@ -21,7 +24,7 @@ def connect() -> str:
     if os.environ.get("RAY_ADDRESS"):
         ray.init(log_to_driver=True)
         return f"cluster at {os.environ['RAY_ADDRESS']}"
-    ray.init(dashboard_host="127.0.0.1", log_to_driver=True)
+    ray.init(address="local", dashboard_host="127.0.0.1", log_to_driver=True)
     return "local Ray started for this run"
 
 
