@@ -122,8 +122,6 @@ def pretrain(cfg: PretrainConfig) -> dict[str, Any]:
         **{name: dataclasses.asdict(getattr(cfg, name)) for name in ("model", "data", "train", "deepspeed")},
         "dataset_dir": str(dataset_dir),
         "run_dir": str(run_dir),
-        "tracking_uri": tracking_uri if tracker.available else "",
-        "mlflow_run_id": run_id,
         "threads_per_worker": max(1, int(cfg.scaling.cpus_per_worker)),
     }
     trainer = build_trainer(cfg, payload, run_dir)

@@ -40,8 +40,6 @@ class WorkerPlan:
     deepspeed: DeepSpeedConfig
     dataset_dir: str
     run_dir: str
-    tracking_uri: str
-    mlflow_run_id: str
     threads_per_worker: int
 
     @classmethod
@@ -51,7 +49,7 @@ class WorkerPlan:
             data=DataConfig(**payload["data"]),
             train=TrainConfig(**payload["train"]),
             deepspeed=DeepSpeedConfig(**payload["deepspeed"]),
-            **{k: payload[k] for k in ("dataset_dir", "run_dir", "tracking_uri", "mlflow_run_id", "threads_per_worker")},
+            **{k: payload[k] for k in ("dataset_dir", "run_dir", "threads_per_worker")},
         )
 
 
@@ -108,7 +106,7 @@ def train_worker(payload: dict[str, Any]) -> None:
     client_state = restore_latest(engine)
     start_step = client_state["step"] if client_state else 0
 
-    log = MetricsLog(Path(plan.run_dir) / "metrics.jsonl", plan.tracking_uri, plan.mlflow_run_id) if is_chief else None
+    log = MetricsLog(Path(plan.run_dir) / "metrics.jsonl") if is_chief else None
     if is_chief:
         where = f"resumed from step {start_step}" if client_state else "from scratch"
         print(
@@ -178,6 +176,4 @@ def train_worker(payload: dict[str, Any]) -> None:
         last_eval = run_eval(step)
         ray.train.report({"step": step, **last_eval})
     if is_chief:
-        unsent = log.close()
-        if unsent:
-            print(f"warning: {unsent} metrics could not be sent to the tracking server; they are in {log.jsonl_path}")
+        log.close()
