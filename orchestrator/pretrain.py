@@ -17,7 +17,7 @@ from typing import Any
 from orchestrator import ray_runtime, run_state
 from orchestrator.config import parse_tree, run_cli, to_dict
 from orchestrator.pretrain_config import PretrainConfig
-from orchestrator.tracking import Tracker, resolve_tracking_uri
+from orchestrator.tracking import RunRecorder, resolve_tracking_uri
 from workloads.errors import UserInputError
 
 SUMMARY = "Pretrain a GPT with DeepSpeed on Ray Train; prepares the corpus first when needed."
@@ -105,18 +105,20 @@ def pretrain(cfg: PretrainConfig) -> dict[str, Any]:
     check_dataset_fits(cfg, manifest)
 
     tracking_uri = resolve_tracking_uri(cfg.tracking.uri)
-    tracker = Tracker(tracking_uri, cfg.tracking.experiment)
-    run_id, resumed = tracker.start(
-        cfg.run.name,
-        previous.mlflow_run_id if previous else "",
+    state = run_state.RunState(identity, global_batch, previous.mlflow_run_id if previous else "", tracking_uri)
+    run_state.save(run_dir, state)
+
+    def remember_run_id(run_id: str) -> None:
+        state.mlflow_run_id = run_id
+        run_state.save(run_dir, state)
+
+    recorder = RunRecorder(
+        tracking_uri, cfg.tracking.experiment, cfg.run.name, state.mlflow_run_id,
         tags={"orchestrator.stage": "pretrain", "orchestrator.identity": identity, "orchestrator.run_dir": str(run_dir)},
+        config=to_dict(cfg), dataset_dir=dataset_dir, manifest=manifest, run_dir=run_dir, on_run_opened=remember_run_id,
     )
-    config_dict = to_dict(cfg)
-    tracker.log_config(config_dict, first_start=not resumed)
-    if not resumed:
-        tracker.log_dataset(dataset_dir, manifest)
-    run_state.save(run_dir, run_state.RunState(identity, global_batch, run_id, tracking_uri))
-    print(f"pretrain: run '{cfg.run.name}' in {run_dir} | MLflow run {run_id or '(tracking unavailable)'} at {tracking_uri}")
+    recorder.start()
+    print(f"pretrain: run '{cfg.run.name}' in {run_dir} | MLflow run {recorder.run_id or '(pending)'} at {tracking_uri}")
 
     payload = {
         **{name: dataclasses.asdict(getattr(cfg, name)) for name in ("model", "data", "train", "deepspeed")},
@@ -128,16 +130,18 @@ def pretrain(cfg: PretrainConfig) -> dict[str, Any]:
     try:
         result = trainer.fit()
     except Exception:
-        tracker.finish("FAILED")
+        recorder.finish({}, 0, {}, "FAILED", timeout=cfg.tracking.flush_timeout_s)
         raise
     final = dict(result.metrics or {})
+    tags = {}
     if result.checkpoint is not None:
-        final["checkpoint"] = result.checkpoint.path
-        tracker.set_tags({"orchestrator.final_checkpoint": result.checkpoint.path})
+        final["checkpoint"] = tags["orchestrator.final_checkpoint"] = result.checkpoint.path
     final_eval = {f"final/{k.removeprefix('eval/')}": v for k, v in final.items() if k.startswith("eval/")}
-    tracker.log_metrics({**final_eval, "run/wall_s": time.perf_counter() - launched}, step=int(final.get("step", 0)))
     halted = cfg.train.halt_at_step and final.get("step", 0) < cfg.train.max_steps
-    tracker.finish("KILLED" if halted else "FINISHED")
+    recorder.finish(
+        {**final_eval, "run/wall_s": time.perf_counter() - launched}, int(final.get("step", 0)), tags,
+        "KILLED" if halted else "FINISHED", timeout=cfg.tracking.flush_timeout_s,
+    )
     if "eval/bpb" in final:
         print(
             f"pretrain: done at step {final.get('step')} | final validation loss {final['eval/loss']:.4f} | "

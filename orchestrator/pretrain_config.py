@@ -68,6 +68,9 @@ class TrackingConfig:
 
     uri: str = option("", "tracking URI; empty = $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db in the working directory")
     experiment: str = option("pretrain", "MLflow experiment name")
+    flush_timeout_s: float = option(
+        30.0, "at the end, wait this long for an unreachable tracking server before leaving metrics for the next submission"
+    )
 
     def validate(self) -> None:
         if not self.experiment:

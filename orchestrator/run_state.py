@@ -46,7 +46,8 @@ def claim(run_dir: Path, identity: str, global_batch: int, fresh: bool) -> RunSt
     if fresh and run_dir.exists():
         shutil.rmtree(run_dir / TRAIN_STORAGE, ignore_errors=True)
         (run_dir / STATE_FILE).unlink(missing_ok=True)
-        (run_dir / "metrics.jsonl").unlink(missing_ok=True)
+        for record in ("metrics.jsonl", "metrics.forwarded"):
+            (run_dir / record).unlink(missing_ok=True)
         return None
     if previous is None:
         if (run_dir / TRAIN_STORAGE).exists():
