@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import itertools
 import json
 import math
 import os
@@ -19,8 +20,8 @@ import re
 import shutil
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -28,7 +29,15 @@ import pyarrow.compute as pc
 import ray
 
 from workloads.data.config import EMBEDDED_CORPUS, DataConfig
-from workloads.data.corpus import Corpus, SourceDigest, digest_sources, find_sources, read_corpus, split_train_val
+from workloads.data.corpus import (
+    Corpus,
+    SourceDigest,
+    SourceFile,
+    digest_sources,
+    find_sources,
+    read_corpus,
+    split_train_val,
+)
 from workloads.data.packing import PackedSplit, pack
 from workloads.data.shards import FORMAT_VERSION, MANIFEST_FILE, TOKENIZER_FILE, write_manifest, write_shards
 from workloads.errors import UserInputError
@@ -130,38 +139,18 @@ def _build(
     data: DataConfig,
     tokenizer_config: TokenizerConfig,
     given_model: bytes | None,
-    train_sources,
-    val_sources,
+    train_sources: Sequence[SourceFile],
+    val_sources: Sequence[SourceFile],
     build_dir: Path,
 ) -> dict:
-    """Everything but the manifest's identity fields, written into build_dir."""
-    corpus = _read(data.corpus, train_sources, data, "data.corpus")
-    if val_sources:
-        val_corpus = _read(data.val_corpus, val_sources, data, "data.val_corpus")
-        train_docs, val_docs = corpus.documents, val_corpus.documents
-        invalid = corpus.invalid_utf8_sequences + val_corpus.invalid_utf8_sequences
-        empty = corpus.empty_documents_skipped + val_corpus.empty_documents_skipped
-    else:
-        is_val = split_train_val(corpus.documents, data.val_fraction, data.split_seed)
-        train_docs = [doc for doc, v in zip(corpus.documents, is_val) if not v]
-        val_docs = [doc for doc, v in zip(corpus.documents, is_val) if v]
-        invalid, empty = corpus.invalid_utf8_sequences, corpus.empty_documents_skipped
-    print(f"prepare: split {len(train_docs)} train / {len(val_docs)} val documents", flush=True)
-
-    started = time.perf_counter()
-    if given_model is not None:
-        model_bytes = given_model
-        try:
-            Tokenizer(model_bytes).check_exact()
-        except UserInputError as e:
-            raise UserInputError(f"tokenizer.model_path: {tokenizer_config.model_path}: {e}") from e
-        print(f"prepare: using tokenizer {tokenizer_config.model_path}", flush=True)
-    else:
-        model_bytes = train_tokenizer(train_docs, tokenizer_config, seed=data.split_seed)
-        print(f"prepare: tokenizer trained in {time.perf_counter() - started:.1f} s", flush=True)
+    """Write tokenizer and shards into build_dir; return the manifest but for its identity fields."""
+    train_docs, val_docs, invalid, empty = _read_and_split(data, train_sources, val_sources)
+    model_bytes = _tokenizer_model(tokenizer_config, given_model, train_docs, data.split_seed)
     (build_dir / TOKENIZER_FILE).write_bytes(model_bytes)
     tokenizer = Tokenizer(model_bytes)
 
+    if not ray.is_initialized():
+        ray.init()  # a local Ray, or the cluster this runs in (`ray job submit`)
     started = time.perf_counter()
     flat_tokens, doc_lengths = tokenize_documents(train_docs + val_docs, model_bytes)
     seconds = time.perf_counter() - started
@@ -170,6 +159,8 @@ def _build(
         f"({_count(len(flat_tokens) / seconds)} tok/s)",
         flush=True,
     )
+
+    # Documents are in train-then-val order: cut the flat tokens at the split.
     num_train_tokens = int(doc_lengths[: len(train_docs)].sum())
     splits = {}
     for split, docs, tokens, lengths in (
@@ -201,10 +192,44 @@ def _build(
     }
 
 
+def _read_and_split(
+    data: DataConfig, train_sources: Sequence[SourceFile], val_sources: Sequence[SourceFile]
+) -> tuple[list[str], list[str], int, int]:
+    """(train documents, val documents, invalid UTF-8 sequences, empty documents skipped)."""
+    corpus = _read(data.corpus, train_sources, data, "data.corpus")
+    if val_sources:
+        val_corpus = _read(data.val_corpus, val_sources, data, "data.val_corpus")
+        train_docs, val_docs = corpus.documents, val_corpus.documents
+        invalid = corpus.invalid_utf8_sequences + val_corpus.invalid_utf8_sequences
+        empty = corpus.empty_documents_skipped + val_corpus.empty_documents_skipped
+    else:
+        is_val = split_train_val(corpus.documents, data.val_fraction, data.split_seed)
+        train_docs = [doc for doc, v in zip(corpus.documents, is_val) if not v]
+        val_docs = [doc for doc, v in zip(corpus.documents, is_val) if v]
+        invalid, empty = corpus.invalid_utf8_sequences, corpus.empty_documents_skipped
+    print(f"prepare: split {len(train_docs)} train / {len(val_docs)} val documents", flush=True)
+    return train_docs, val_docs, invalid, empty
+
+
+def _tokenizer_model(
+    config: TokenizerConfig, given_model: bytes | None, train_docs: Sequence[str], seed: int
+) -> bytes:
+    """The given model (checked to be exact) or one trained on the train documents."""
+    if given_model is not None:
+        try:
+            Tokenizer(given_model).check_exact()
+        except UserInputError as e:
+            raise UserInputError(f"tokenizer.model_path: {config.model_path}: {e}") from e
+        print(f"prepare: using tokenizer {config.model_path}", flush=True)
+        return given_model
+    started = time.perf_counter()
+    model_bytes = train_tokenizer(train_docs, config, seed=seed)
+    print(f"prepare: tokenizer trained in {time.perf_counter() - started:.1f} s", flush=True)
+    return model_bytes
+
+
 def tokenize_documents(documents: Sequence[str], model_bytes: bytes) -> tuple[np.ndarray, np.ndarray]:
     """Encode documents in parallel with Ray Data: (flat tokens (T,) int32, lengths (D,) int64), in input order."""
-    if not ray.is_initialized():
-        ray.init()
     cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
     blocks = _document_blocks(documents, cpus)
     # Plain tasks, not an actor pool: starting actors cost more than the whole
@@ -269,7 +294,7 @@ def _document_blocks(documents: Sequence[str], cpus: int) -> list[pa.Table]:
                 "text": pa.array(documents[start:stop], type=pa.large_string()),
             }
         )
-        for start, stop in zip(bounds[:-1], bounds[1:])
+        for start, stop in itertools.pairwise(bounds)
     ]
 
 

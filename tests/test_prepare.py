@@ -35,9 +35,14 @@ INVALID_BYTES = b"before \xff middle \xfe after \xc3( end\n"
 
 @pytest.fixture(scope="module", autouse=True)
 def local_ray():
-    if not ray.is_initialized():
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=True)
+    """A local Ray of 2 CPUs for this module, unless one is already running in this process."""
+    started_here = not ray.is_initialized()
+    if started_here:
+        # address="local": a fresh instance even when a `ray start` cluster runs on this machine.
+        ray.init(address="local", num_cpus=2, include_dashboard=False)
     yield
+    if started_here:
+        ray.shutdown()
 
 
 def random_document(rng: random.Random, number: int) -> str:

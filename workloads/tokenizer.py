@@ -12,9 +12,9 @@ import hashlib
 import io
 import os
 import re
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Sequence
 
 import numpy as np
 import sentencepiece as spm
@@ -88,7 +88,7 @@ class Tokenizer:
         )
 
     @classmethod
-    def load(cls, path: str | Path, num_threads: int = 1) -> "Tokenizer":
+    def load(cls, path: str | Path, num_threads: int = 1) -> Tokenizer:
         try:
             model_bytes = Path(path).read_bytes()
         except OSError as e:

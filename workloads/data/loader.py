@@ -11,8 +11,8 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.ipc as ipc
 import torch
+from pyarrow import ipc
 
 from workloads.data.shards import FORMAT_VERSION, MANIFEST_FILE, file_sha256, shard_schema
 from workloads.errors import UserInputError

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.ipc as ipc
+from pyarrow import ipc
 
 # Bump when the layout of shards or manifest, or anything that changes the
 # prepared tokens for the same inputs, changes: it is part of the dataset hash.
