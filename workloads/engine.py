@@ -27,7 +27,7 @@ class DeepSpeedConfig:
     """DeepSpeed engine: ZeRO stage, precision and raw overrides."""
 
     zero_stage: int = option(1, "ZeRO stage: 0 (plain data parallel), 1 (optimizer states), 2 (+gradients), 3 (+parameters)")
-    precision: str = option("auto", "auto (bf16 on GPU, fp32 on CPU) | fp32 | bf16")
+    precision: str = option("auto", "auto (bf16 on GPU, fp32 on CPU) | fp32 | bf16 (autocast, fp32 master weights)")
     extra: dict = option({}, "raw DeepSpeed config entries merged over the generated config (for experts)")
 
     def validate(self) -> None:
@@ -47,7 +47,9 @@ def deepspeed_config(ds: DeepSpeedConfig, train: TrainConfig, data_parallel: int
         "gradient_accumulation_steps": train.grad_accum_steps,
         "gradient_clipping": train.grad_clip,
         "zero_optimization": {"stage": ds.zero_stage},
-        "bf16": {"enabled": ds.uses_bf16(on_gpu)},
+        # bf16 autocast around fp32 weights: the fp32 copies are the master weights, so
+        # optimizer updates never round to bf16 (DeepSpeed's "bf16" mode would keep bf16 weights).
+        "torch_autocast": {"enabled": ds.uses_bf16(on_gpu), "dtype": "bfloat16"},
         # Progress lines come from our own loop; DeepSpeed's would repeat them per rank.
         "steps_per_print": 10**9,
         "wall_clock_breakdown": False,
