@@ -266,7 +266,7 @@ def test_empty_corpus_is_named(tmp_path):
     (tmp_path / "a.txt").write_text("")
     (tmp_path / "b.jsonl").write_text('{"text": ""}\n\n')
     data, tok = small_configs(tmp_path)
-    with pytest.raises(UserInputError, match=r"^data.corpus: 2 files holds no text$"):
+    with pytest.raises(UserInputError, match=r"^data.corpus: all 2 files hold no text$"):
         prepare_dataset(data, tok, tmp_path / "datasets")
 
 

@@ -116,8 +116,8 @@ def read_corpus(
             else:
                 empty += 1
     if not documents:
-        names = sources[0].path if len(sources) == 1 else f"{len(sources)} files"
-        raise UserInputError(f"{field}: {names} holds no text")
+        where = f"{sources[0].path} holds" if len(sources) == 1 else f"all {len(sources)} files hold"
+        raise UserInputError(f"{field}: {where} no text")
     num_bytes = sum(len(text.encode("utf-8")) for text in documents)
     return Corpus(documents, num_bytes, invalid, empty)
 
