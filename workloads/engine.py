@@ -40,7 +40,10 @@ class DeepSpeedConfig:
         return self.precision == "bf16" or (self.precision == "auto" and on_gpu)
 
 
-def deepspeed_config(ds: DeepSpeedConfig, train: TrainConfig, data_parallel: int, on_gpu: bool) -> dict[str, Any]:
+def deepspeed_config(
+    ds: DeepSpeedConfig, train: TrainConfig, data_parallel: int, on_gpu: bool, overrides: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """The DeepSpeed config: generated entries, then the user's `deepspeed.extra`, then `overrides`."""
     config: dict[str, Any] = {
         "train_batch_size": train.resolved_global_batch(data_parallel),
         "train_micro_batch_size_per_gpu": train.micro_batch_size,
@@ -56,6 +59,7 @@ def deepspeed_config(ds: DeepSpeedConfig, train: TrainConfig, data_parallel: int
     }
     merged = copy.deepcopy(config)
     _deep_update(merged, ds.extra)
+    _deep_update(merged, overrides or {})
     return merged
 
 
@@ -87,7 +91,14 @@ def make_scheduler(optimizer: torch.optim.Optimizer, train: TrainConfig) -> torc
     return torch.optim.lr_scheduler.LambdaLR(optimizer, partial(lr_multiplier, cfg=train))
 
 
-def build_engine(model: torch.nn.Module, ds: DeepSpeedConfig, train: TrainConfig, data_parallel: int, on_gpu: bool):
+def build_engine(
+    model: torch.nn.Module,
+    ds: DeepSpeedConfig,
+    train: TrainConfig,
+    data_parallel: int,
+    on_gpu: bool,
+    overrides: dict[str, Any] | None = None,
+):
     """`deepspeed.initialize` with our optimizer and schedule; returns the engine."""
     import deepspeed  # deferred: importing DeepSpeed is slow and only workers need it
 
@@ -96,6 +107,6 @@ def build_engine(model: torch.nn.Module, ds: DeepSpeedConfig, train: TrainConfig
         model_parameters=param_groups(model, train.weight_decay),
         optimizer=partial(make_adamw, train=train, on_gpu=on_gpu),
         lr_scheduler=partial(make_scheduler, train=train),
-        config=deepspeed_config(ds, train, data_parallel, on_gpu),
+        config=deepspeed_config(ds, train, data_parallel, on_gpu, overrides),
     )
     return engine

@@ -17,12 +17,20 @@ from workloads.errors import UserInputError
 
 def global_batch_indices(num_samples: int, global_batch_size: int, step: int, seed: int) -> np.ndarray:
     """Sample indices of global batch `step` (0-based), (global_batch_size,) int64; may span epochs."""
-    if num_samples < 1:
-        raise UserInputError(f"the dataset split holds no samples (num_samples={num_samples})")
     if global_batch_size < 1:
         raise UserInputError(f"global batch size {global_batch_size} must be at least 1")
-    start = step * global_batch_size
-    stop = start + global_batch_size
+    return stream_indices(num_samples, step * global_batch_size, global_batch_size, seed)
+
+
+def stream_indices(num_samples: int, start: int, count: int, seed: int) -> np.ndarray:
+    """Sample indices at stream positions [start, start+count), (count,) int64; may span epochs.
+
+    Resuming from a checkpoint continues at the position it recorded (samples
+    consumed so far), whatever the global batch is now.
+    """
+    if num_samples < 1:
+        raise UserInputError(f"the dataset split holds no samples (num_samples={num_samples})")
+    stop = start + count
     parts = []
     position = start
     while position < stop:
