@@ -121,7 +121,7 @@ def pretrain(cfg: PretrainConfig) -> dict[str, Any]:
     print(f"pretrain: run '{cfg.run.name}' in {run_dir} | MLflow run {recorder.run_id or '(pending)'} at {tracking_uri}")
 
     payload = {
-        **{name: dataclasses.asdict(getattr(cfg, name)) for name in ("model", "data", "train", "deepspeed")},
+        **{name: dataclasses.asdict(getattr(cfg, name)) for name in ("model", "data", "train", "deepspeed", "parallel")},
         "dataset_dir": str(dataset_dir),
         "run_dir": str(run_dir),
         "threads_per_worker": max(1, int(cfg.scaling.cpus_per_worker)),

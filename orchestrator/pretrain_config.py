@@ -15,6 +15,7 @@ from workloads.data.config import DataConfig
 from workloads.engine import DeepSpeedConfig
 from workloads.errors import UserInputError
 from workloads.model import ModelConfig
+from workloads.pipeline import ParallelConfig
 from workloads.schema import option
 from workloads.tokenizer import TokenizerConfig
 from workloads.train_config import TrainConfig
@@ -87,12 +88,15 @@ class PretrainConfig:
     model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
     train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
     deepspeed: DeepSpeedConfig = dataclasses.field(default_factory=DeepSpeedConfig)
+    parallel: ParallelConfig = dataclasses.field(default_factory=ParallelConfig)
     scaling: ScalingConfig = dataclasses.field(default_factory=ScalingConfig)
     tracking: TrackingConfig = dataclasses.field(default_factory=TrackingConfig)
 
     def validate(self) -> None:
         for section in dataclasses.fields(self):
-            getattr(self, section.name).validate()
+            if section.name != "parallel":
+                getattr(self, section.name).validate()
+        self.parallel.validate(self.scaling.num_workers, self.deepspeed.zero_stage, self.model.n_layers)
         if self.data.seq_len > self.model.max_seq_len:
             raise UserInputError(
                 f"data.seq_len={self.data.seq_len} exceeds model.max_seq_len={self.model.max_seq_len}"
@@ -100,7 +104,7 @@ class PretrainConfig:
         self.train.resolved_global_batch(self.data_parallel_degree())
 
     def data_parallel_degree(self) -> int:
-        return self.scaling.num_workers
+        return self.scaling.num_workers // self.parallel.pipeline_stages
 
     def training_identity(self) -> str:
         """Hash of what determines the loss curve; a run directory keeps one identity.
@@ -116,5 +120,6 @@ class PretrainConfig:
             "tokenizer": dataclasses.asdict(self.tokenizer),
             "train": {k: v for k, v in dataclasses.asdict(self.train).items() if k not in cadence},
             "deepspeed": dataclasses.asdict(self.deepspeed),
+            "parallel": dataclasses.asdict(self.parallel),
         }
         return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]

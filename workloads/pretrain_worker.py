@@ -26,6 +26,14 @@ from workloads.evaluation import eval_sample_indices, evaluate
 from workloads.metrics_log import MetricsLog
 from workloads.model import GPT, ModelConfig, training_flops_per_token
 from workloads.perf import device_peak_flops, mfu
+from workloads.pipeline import (
+    ParallelConfig,
+    build_pipeline_engine,
+    checkpoint_blocks,
+    data_parallel_coordinates,
+    pipeline_evaluate,
+    pipeline_train_step,
+)
 from workloads.tokenizer import Tokenizer
 from workloads.train_config import TrainConfig
 
@@ -38,6 +46,7 @@ class WorkerPlan:
     data: DataConfig
     train: TrainConfig
     deepspeed: DeepSpeedConfig
+    parallel: ParallelConfig
     dataset_dir: str
     run_dir: str
     threads_per_worker: int
@@ -49,6 +58,7 @@ class WorkerPlan:
             data=DataConfig(**payload["data"]),
             train=TrainConfig(**payload["train"]),
             deepspeed=DeepSpeedConfig(**payload["deepspeed"]),
+            parallel=ParallelConfig(**payload["parallel"]),
             **{k: payload[k] for k in ("dataset_dir", "run_dir", "threads_per_worker")},
         )
 
@@ -95,30 +105,44 @@ def train_worker(payload: dict[str, Any]) -> None:
     train_set = PackedDataset(plan.dataset_dir, "train")
     val_set = PackedDataset(plan.dataset_dir, "val")
     byte_lengths = torch.tensor(Tokenizer.load(Path(plan.dataset_dir) / "tokenizer.model").token_byte_lengths(), device=device)
-    global_batch = train_cfg.resolved_global_batch(world)
+    stages = plan.parallel.pipeline_stages
+    pipelined = stages > 1
+    global_batch = train_cfg.resolved_global_batch(world // stages)
     seq_len = train_set.seq_len
     flops_per_token = training_flops_per_token(plan.model, seq_len)
     peak, peak_source = device_peak_flops(on_gpu, plan.deepspeed.uses_bf16(on_gpu), train_cfg.peak_flops_per_device)
 
-    torch.manual_seed(train_cfg.seed)  # identical initial weights on every rank and every layout
-    model = GPT(plan.model)
-    engine = build_engine(model, plan.deepspeed, train_cfg, world, on_gpu)
+    if pipelined:
+        # The stages start from GPT(plan.model)'s weights under the same seed, like every other layout.
+        engine = build_pipeline_engine(plan.model, plan.parallel, plan.deepspeed, train_cfg, world // stages, on_gpu)
+        # Ranks of one pipeline share a data-parallel rank: they read the same samples.
+        dp_rank, dp_world = data_parallel_coordinates(engine)
+        step_fn, evaluate_fn = pipeline_train_step, pipeline_evaluate
+    else:
+        torch.manual_seed(train_cfg.seed)  # identical initial weights on every rank and every layout
+        model = GPT(plan.model)
+        if plan.parallel.activation_checkpointing:
+            checkpoint_blocks(model)
+        engine = build_engine(model, plan.deepspeed, train_cfg, world, on_gpu)
+        dp_rank, dp_world = rank, world
+        step_fn, evaluate_fn = train_step, evaluate
     client_state = restore_latest(engine)
     start_step = client_state["step"] if client_state else 0
 
     log = MetricsLog(Path(plan.run_dir) / "metrics.jsonl") if is_chief else None
     if is_chief:
         where = f"resumed from step {start_step}" if client_state else "from scratch"
+        layout = f" = {stages} pipeline stages x {dp_world} data-parallel" if pipelined else ""
         print(
-            f"training {where}: {world} worker(s), global batch {global_batch} x {seq_len} tokens, "
+            f"training {where}: {world} worker(s){layout}, global batch {global_batch} x {seq_len} tokens, "
             f"ZeRO {plan.deepspeed.zero_stage}, {flops_per_token / 1e6:.2f} MFLOP/token, peak {peak / 1e12:.2f} "
             f"TFLOP/s per device ({peak_source})",
             flush=True,
         )
-    eval_indices = eval_sample_indices(val_set.num_samples, train_cfg.eval_samples, rank, world)
+    eval_indices = eval_sample_indices(val_set.num_samples, train_cfg.eval_samples, dp_rank, dp_world)
 
     def run_eval(step: int) -> dict[str, float]:
-        results = evaluate(engine, val_set, eval_indices, train_cfg.micro_batch_size, byte_lengths, device)
+        results = evaluate_fn(engine, val_set, eval_indices, train_cfg.micro_batch_size, byte_lengths, device)
         if is_chief:
             log.log(step, results)
             print(
@@ -137,9 +161,12 @@ def train_worker(payload: dict[str, Any]) -> None:
     last_eval: dict[str, float] = {}
     step = start_step
     for step in range(start_step + 1, stop_step + 1):
-        indices = rank_share(global_batch_indices(train_set.num_samples, global_batch, step - 1, data_cfg.shuffle_seed), rank, world)
-        local_loss = train_step(engine, train_set, split_micro_batches(indices, train_cfg.micro_batch_size), device)
-        loss = global_mean(local_loss, device)
+        indices = rank_share(
+            global_batch_indices(train_set.num_samples, global_batch, step - 1, data_cfg.shuffle_seed), dp_rank, dp_world
+        )
+        step_loss = step_fn(engine, train_set, split_micro_batches(indices, train_cfg.micro_batch_size), device)
+        # A pipeline step already returns the mean over the global batch, on every rank (the chief included).
+        loss = step_loss if pipelined else global_mean(step_loss, device)
         window_steps += 1
         metrics = {"train/loss": loss}
         if step == start_step + 1 or step % train_cfg.log_interval == 0 or step == stop_step:
