@@ -8,7 +8,6 @@ and launches; the training itself is `workloads.pretrain_worker.train_worker`.
 from __future__ import annotations
 
 import dataclasses
-import json
 import sys
 import time
 from pathlib import Path
@@ -16,9 +15,9 @@ from typing import Any
 
 from orchestrator import ray_runtime, run_state
 from orchestrator.config import parse_tree, run_cli, to_dict
+from orchestrator.dataset_checks import check_dataset
 from orchestrator.pretrain_config import PretrainConfig
 from orchestrator.tracking import RunRecorder, resolve_tracking_uri
-from workloads.errors import UserInputError
 
 SUMMARY = "Pretrain a GPT with DeepSpeed on Ray Train; prepares the corpus first when needed."
 
@@ -36,17 +35,6 @@ def resolve_dataset(cfg: PretrainConfig) -> Path:
         return corpus.resolve()
     root = Path(cfg.data.dataset_dir) if cfg.data.dataset_dir else Path(cfg.run.output_dir) / "datasets"
     return prepare_dataset(cfg.data, cfg.tokenizer, root.resolve())
-
-
-def check_dataset_fits(cfg: PretrainConfig, manifest: dict[str, Any]) -> None:
-    vocab = manifest["tokenizer"]["vocab_size"]
-    if cfg.model.vocab_size < vocab:
-        raise UserInputError(f"model.vocab_size={cfg.model.vocab_size} is smaller than the tokenizer's vocabulary ({vocab})")
-    if manifest["seq_len"] != cfg.data.seq_len:
-        raise UserInputError(f"data.seq_len={cfg.data.seq_len} but the dataset was packed with seq_len {manifest['seq_len']}")
-    for split in ("train", "val"):
-        if manifest["splits"][split]["num_samples"] == 0:
-            raise UserInputError(f"data.corpus: the {split} split holds no complete sample of {cfg.data.seq_len + 1} tokens")
 
 
 def worker_runtime_env(cfg: PretrainConfig) -> dict[str, Any]:
@@ -95,14 +83,13 @@ def pretrain(cfg: PretrainConfig) -> dict[str, Any]:
     run_dir = cfg.run.run_dir()
     global_batch = cfg.train.resolved_global_batch(cfg.data_parallel_degree())
     identity = cfg.training_identity()
-    previous = run_state.claim(run_dir, identity, global_batch, cfg.run.fresh)
+    previous = run_state.claim(run_dir, identity, global_batch, cfg.run.fresh, cfg.run.allow_global_batch_change)
     if cfg.scaling.nccl_preset:
         worker_runtime_env(cfg)  # a bad preset name fails here, before anything starts
 
     print(f"pretrain: {ray_runtime.connect()}", flush=True)
     dataset_dir = resolve_dataset(cfg)
-    manifest = json.loads((dataset_dir / "manifest.json").read_text())
-    check_dataset_fits(cfg, manifest)
+    manifest = check_dataset(cfg, dataset_dir)
 
     tracking_uri = resolve_tracking_uri(cfg.tracking.uri)
     state = run_state.RunState(identity, global_batch, previous.mlflow_run_id if previous else "", tracking_uri)

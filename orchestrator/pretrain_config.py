@@ -30,6 +30,9 @@ class RunConfig:
     name: str = option("pretrain", "run name; resubmitting the same name resumes from its latest checkpoint")
     output_dir: str = option("runs", "root for run directories and prepared datasets (shared storage on a cluster)")
     fresh: bool = option(False, "start over: delete this run's checkpoints (needed when its config changed)")
+    allow_global_batch_change: bool = option(
+        False, "resume with another global batch size, continuing from the samples consumed so far"
+    )
 
     def validate(self) -> None:
         if not self.name or "/" in self.name or self.name.startswith("."):
@@ -109,11 +112,13 @@ class PretrainConfig:
     def training_identity(self) -> str:
         """Hash of what determines the loss curve; a run directory keeps one identity.
 
-        Cadence fields (logging, eval, checkpoints, halting) and resources may change
-        between submissions of the same run without changing what is learned.
+        Cadence fields (logging, eval, checkpoints, halting), resources and the split of
+        the global batch into micro-batches may change between submissions of the same run.
         """
+        # The batch shape is checked on its own (run_state.claim): the global batch must stay the
+        # same unless allowed, while micro-batch x accumulation may change with the worker count.
         cadence = {"halt_at_step", "log_interval", "eval_interval", "eval_samples", "checkpoint_interval",
-                   "peak_flops_per_device"}
+                   "peak_flops_per_device", "micro_batch_size", "grad_accum_steps", "global_batch_size"}
         identity = {
             "model": dataclasses.asdict(self.model),
             "data": {k: v for k, v in dataclasses.asdict(self.data).items() if k != "dataset_dir"},

@@ -40,7 +40,7 @@ def save(run_dir: Path, state: RunState) -> None:
     tmp.replace(run_dir / STATE_FILE)
 
 
-def claim(run_dir: Path, identity: str, global_batch: int, fresh: bool) -> RunState | None:
+def claim(run_dir: Path, identity: str, global_batch: int, fresh: bool, allow_batch_change: bool = False) -> RunState | None:
     """Check the run directory may hold this run; returns the previous state when resuming."""
     previous = load(run_dir)
     if fresh and run_dir.exists():
@@ -58,9 +58,10 @@ def claim(run_dir: Path, identity: str, global_batch: int, fresh: bool) -> RunSt
             f"{run_dir}: holds checkpoints of a different config (identity {previous.identity}, now {identity}); "
             "use another run.name or --run.fresh=true to start over"
         )
-    if previous.global_batch != global_batch:
+    if previous.global_batch != global_batch and not allow_batch_change:
         raise UserInputError(
             f"{run_dir}: was trained with global batch {previous.global_batch}, now {global_batch}; "
-            "set train.global_batch_size to keep it, or --run.fresh=true"
+            "set train.global_batch_size to keep it, --run.allow_global_batch_change=true to continue with the new "
+            "one from the samples consumed so far, or --run.fresh=true"
         )
     return previous

@@ -3,10 +3,12 @@ from __future__ import annotations
 
 import os
 import secrets
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -32,7 +34,10 @@ def head_node(tmp_path_factory):
     home = tmp_path_factory.mktemp("home")
     token = secrets.token_hex(16)
     dashboard_port = free_port()
-    env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": token, "HOME": str(home)}
+    # A private temp dir: `ray start` records its address under it, where any Ray client on the
+    # machine given no address would otherwise find (and talk to) this cluster.
+    ray_tmp = tempfile.mkdtemp(prefix="rayjob-", dir="/tmp")  # short: Ray's socket paths have a length limit
+    env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": token, "HOME": str(home), "RAY_TMPDIR": ray_tmp}
     # --block keeps the head's processes in this process group, so the teardown stops
     # exactly this cluster and nothing else running on the machine.
     head = subprocess.Popen(
@@ -48,6 +53,7 @@ def head_node(tmp_path_factory):
     yield address, env
     os.killpg(head.pid, signal.SIGTERM)
     head.wait(timeout=60)
+    shutil.rmtree(ray_tmp, ignore_errors=True)
 
 
 def submit(address: str, env: dict, *entrypoint: str) -> subprocess.CompletedProcess:

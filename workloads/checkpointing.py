@@ -1,35 +1,120 @@
-"""DeepSpeed checkpoints handed to Ray Train, and restored from it.
+"""DeepSpeed checkpoints handed to Ray Train, restored from it, on any worker count.
 
 Every rank saves its own DeepSpeed files (rank 0 the model states, every rank its
 ZeRO optimizer shard) into a private temporary directory and reports it; Ray
-merges the ranks' directories into one checkpoint in the run's storage, and
-`ray.train.get_checkpoint()` returns the latest one after a restart or resubmit.
+merges the ranks' directories into one checkpoint in the run's storage and only
+then registers it, so a checkpoint interrupted while being written is never the
+one `ray.train.get_checkpoint()` returns. Rank 0 adds a small marker file saying
+where training stood (step, samples consumed, data-parallel degree).
+
+A checkpoint written by W data-parallel ranks under ZeRO 1-3 cannot be loaded by
+W' != W ranks directly; it is then converted once to DeepSpeed's universal
+format (model and optimizer state resharded, nothing dropped) and loaded from there.
 """
 from __future__ import annotations
 
+import dataclasses
+import json
 import shutil
+import subprocess
+import sys
 import tempfile
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import ray.train
+import torch.distributed as dist
+
+from workloads.errors import UserInputError
+
+MARKER_FILE = "training_state.json"
 
 
-def save_and_report(engine, step: int, client_state: dict[str, Any], metrics: dict[str, float]) -> None:
-    staging = tempfile.mkdtemp(prefix=f"ckpt-step{step}-")
+@dataclass
+class TrainingState:
+    """Where training stood when a checkpoint was written."""
+
+    step: int
+    samples_consumed: int
+    global_batch: int
+    data_parallel: int
+    pipeline_stages: int
+    zero_stage: int
+
+    @property
+    def tag(self) -> str:
+        return f"step{self.step:08d}"
+
+
+def save_and_report(engine, state: TrainingState, metrics: dict[str, float], is_chief: bool) -> None:
+    staging = Path(tempfile.mkdtemp(prefix=f"ckpt-{state.tag}-"))
     try:
-        engine.save_checkpoint(staging, tag=f"step{step:08d}", client_state=client_state)
-        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(staging))
+        engine.save_checkpoint(str(staging), tag=state.tag)
+        if is_chief:
+            (staging / MARKER_FILE).write_text(json.dumps(dataclasses.asdict(state)))
+        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(str(staging)))
     finally:
         shutil.rmtree(staging, ignore_errors=True)
 
 
-def restore_latest(engine) -> dict[str, Any] | None:
-    """Load the latest reported checkpoint into `engine`; returns its client state, or None."""
+def latest_state() -> TrainingState | None:
+    """The state recorded in the latest committed checkpoint of this run, or None on a fresh start."""
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is None:
         return None
     with checkpoint.as_directory() as directory:
-        load_path, client_state = engine.load_checkpoint(directory)
+        return TrainingState(**json.loads((Path(directory) / MARKER_FILE).read_text()))
+
+
+def needs_resharding(saved: TrainingState, data_parallel: int, pipeline_stages: int) -> bool:
+    """True when the saved ZeRO shards do not match this worker layout."""
+    if saved.pipeline_stages != pipeline_stages:
+        raise UserInputError(
+            f"parallel.pipeline_stages={pipeline_stages} but the checkpoint was written with {saved.pipeline_stages} "
+            "stages; resume with the same pipeline layout"
+        )
+    if saved.data_parallel == data_parallel or saved.zero_stage == 0:
+        return False  # ZeRO 0 saves whole optimizer states: any data-parallel degree can load them
+    if pipeline_stages > 1:
+        raise UserInputError(
+            f"the checkpoint was written by {saved.data_parallel} data-parallel ranks, now {data_parallel}: "
+            "changing the data-parallel degree of a pipeline run is not supported"
+        )
+    return True
+
+
+def restore(engine, saved: TrainingState, universal_root: Path, reshard: bool, rank: int) -> None:
+    """Load the latest checkpoint into `engine` (built with load_universal when `reshard`)."""
+    checkpoint = ray.train.get_checkpoint()
+    with checkpoint.as_directory() as directory:
+        if not reshard:
+            load_path, _ = engine.load_checkpoint(directory, tag=saved.tag)
+        else:
+            target = universal_root / saved.tag
+            if rank == 0:
+                convert_to_universal(Path(directory) / saved.tag, target)
+            dist.barrier()  # every rank loads only once rank 0's conversion is complete
+            load_path, _ = engine.load_checkpoint(str(universal_root), tag=saved.tag)
+            dist.barrier()
+            if rank == 0:
+                shutil.rmtree(universal_root, ignore_errors=True)
     if load_path is None:
-        raise RuntimeError(f"checkpoint {checkpoint.path} holds no DeepSpeed checkpoint that could be loaded")
-    return client_state
+        raise RuntimeError(f"checkpoint {checkpoint.path} holds no loadable DeepSpeed checkpoint {saved.tag}")
+
+
+def convert_to_universal(source: Path, target: Path) -> None:
+    shutil.rmtree(target, ignore_errors=True)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    done = subprocess.run(
+        [sys.executable, "-m", "deepspeed.checkpoint.ds_to_universal", "--input_folder", str(source),
+         "--output_folder", str(target), "--inject_missing_state"],
+        capture_output=True, text=True,
+    )
+    if done.returncode != 0:
+        raise RuntimeError(f"universal checkpoint conversion of {source} failed:\n{done.stderr[-2000:]}")
+
+
+def universal_config() -> dict[str, Any]:
+    """DeepSpeed config entries for loading a universal checkpoint."""
+    return {"checkpoint": {"load_universal": True}}

@@ -17,15 +17,23 @@ import ray.train
 import torch
 import torch.distributed as dist
 
-from workloads.checkpointing import restore_latest, save_and_report
+from workloads.checkpointing import (
+    TrainingState,
+    latest_state,
+    needs_resharding,
+    restore,
+    save_and_report,
+    universal_config,
+)
 from workloads.data.config import DataConfig
 from workloads.data.loader import PackedDataset
-from workloads.data.order import global_batch_indices, rank_share, split_micro_batches
+from workloads.data.order import rank_share, split_micro_batches, stream_indices
 from workloads.engine import DeepSpeedConfig, build_engine
 from workloads.evaluation import eval_sample_indices, evaluate
 from workloads.metrics_log import MetricsLog
 from workloads.model import GPT, ModelConfig, training_flops_per_token
 from workloads.perf import device_peak_flops, mfu
+from workloads.sample_ledger import SampleLedger
 from workloads.pipeline import (
     ParallelConfig,
     build_pipeline_engine,
@@ -112,6 +120,8 @@ def train_worker(payload: dict[str, Any]) -> None:
     flops_per_token = training_flops_per_token(plan.model, seq_len)
     peak, peak_source = device_peak_flops(on_gpu, plan.deepspeed.uses_bf16(on_gpu), train_cfg.peak_flops_per_device)
 
+    saved = latest_state()
+    reshard = saved is not None and needs_resharding(saved, world // stages, stages)
     if pipelined:
         # The stages start from GPT(plan.model)'s weights under the same seed, like every other layout.
         engine = build_pipeline_engine(plan.model, plan.parallel, plan.deepspeed, train_cfg, world // stages, on_gpu)
@@ -123,15 +133,20 @@ def train_worker(payload: dict[str, Any]) -> None:
         model = GPT(plan.model)
         if plan.parallel.activation_checkpointing:
             checkpoint_blocks(model)
-        engine = build_engine(model, plan.deepspeed, train_cfg, world, on_gpu)
+        engine = build_engine(model, plan.deepspeed, train_cfg, world, on_gpu, universal_config() if reshard else None)
         dp_rank, dp_world = rank, world
         step_fn, evaluate_fn = train_step, evaluate
-    client_state = restore_latest(engine)
-    start_step = client_state["step"] if client_state else 0
+    if saved:
+        restore(engine, saved, Path(plan.run_dir) / "universal", reshard, rank)
+    start_step = saved.step if saved else 0
+    # Stream position of the next sample: resuming continues exactly there, whatever the layout now.
+    position = saved.samples_consumed if saved else 0
+    reads_data = not pipelined or engine.is_first_stage()
+    ledger = SampleLedger(plan.run_dir, rank, dp_rank, start_step) if reads_data else None
 
     log = MetricsLog(Path(plan.run_dir) / "metrics.jsonl") if is_chief else None
     if is_chief:
-        where = f"resumed from step {start_step}" if client_state else "from scratch"
+        where = f"resumed from step {start_step}" if saved else "from scratch"
         layout = f" = {stages} pipeline stages x {dp_world} data-parallel" if pipelined else ""
         print(
             f"training {where}: {world} worker(s){layout}, global batch {global_batch} x {seq_len} tokens, "
@@ -153,18 +168,20 @@ def train_worker(payload: dict[str, Any]) -> None:
         return results
 
     def checkpoint(step: int, metrics: dict[str, float]) -> None:
-        state = {"step": step, "samples_consumed": step * global_batch, "global_batch": global_batch}
-        save_and_report(engine, step, state, {"step": step, **metrics})
+        state = TrainingState(step, position, global_batch, dp_world, stages, plan.deepspeed.zero_stage)
+        save_and_report(engine, state, {"step": step, **metrics}, is_chief)
 
     stop_step = min(train_cfg.max_steps, train_cfg.halt_at_step or train_cfg.max_steps)
     window_start, window_steps = time.perf_counter(), 0
     last_eval: dict[str, float] = {}
     step = start_step
     for step in range(start_step + 1, stop_step + 1):
-        indices = rank_share(
-            global_batch_indices(train_set.num_samples, global_batch, step - 1, data_cfg.shuffle_seed), dp_rank, dp_world
-        )
+        batch = stream_indices(train_set.num_samples, position, global_batch, data_cfg.shuffle_seed)
+        indices = rank_share(batch, dp_rank, dp_world)
         step_loss = step_fn(engine, train_set, split_micro_batches(indices, train_cfg.micro_batch_size), device)
+        position += global_batch
+        if ledger:
+            ledger.record(step, indices)
         # A pipeline step already returns the mean over the global batch, on every rank (the chief included).
         loss = step_loss if pipelined else global_mean(step_loss, device)
         window_steps += 1
@@ -202,5 +219,7 @@ def train_worker(payload: dict[str, Any]) -> None:
     if step == start_step:  # nothing left to train: still hand the driver the final numbers
         last_eval = run_eval(step)
         ray.train.report({"step": step, **last_eval})
+    if ledger:
+        ledger.close()
     if is_chief:
         log.close()
