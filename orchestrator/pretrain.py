@@ -72,6 +72,8 @@ def build_trainer(cfg: PretrainConfig, payload: dict[str, Any], run_dir: Path):
             name=run_state.TRAIN_STORAGE,
             storage_path=str(run_dir),
             failure_config=ray.train.FailureConfig(max_failures=cfg.scaling.max_failures),
+            # Ray deletes a checkpoint only after a newer one is registered, so one always survives.
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=cfg.train.keep_checkpoints or None),
             worker_runtime_env=worker_runtime_env(cfg),
         ),
     )

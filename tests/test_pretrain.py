@@ -5,6 +5,8 @@ loss parity between layouts are in test_layout_parity.py, which trains each layo
 """
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from pretrain_helpers import run_tiny, step_metrics
@@ -18,7 +20,10 @@ def tracking_uri(tmp_path_factory) -> str:
 
 
 def test_resume_continues_the_same_loss_curve(tiny_dataset, tmp_path, tracking_uri, ray_local):
-    run_tiny(tiny_dataset, tmp_path, tracking_uri, "--run.name=straight")
+    run_tiny(tiny_dataset, tmp_path, tracking_uri, "--run.name=straight", "--train.checkpoint_interval=4",
+             "--train.keep_checkpoints=2")
+    kept = sorted(p for p in (tmp_path / "straight" / "train").glob("checkpoint_*") if p.is_dir())
+    assert [json.loads((c / "training_state.json").read_text())["step"] for c in kept] == [16, 20]
     halted = run_tiny(tiny_dataset, tmp_path, tracking_uri, "--run.name=resumed", "--train.halt_at_step=7")
     assert halted["step"] == 7
     final = run_tiny(tiny_dataset, tmp_path, tracking_uri, "--run.name=resumed")

@@ -37,6 +37,9 @@ class TrainConfig:
     eval_interval: int = option(100, "steps between validation passes (and one at the end)")
     eval_samples: int = option(64, "validation sequences per evaluation (the same ones every time)")
     checkpoint_interval: int = option(100, "steps between checkpoints (and one at the end); 0 = only at the end")
+    keep_checkpoints: int = option(
+        0, "keep only the newest N checkpoints (older ones go only after a newer one is committed); 0 = keep all"
+    )
     peak_flops_per_device: float = option(
         0.0, "dense peak FLOP/s of one device for MFU; 0 = look up the GPU model, or measure a matmul on CPU"
     )
@@ -54,7 +57,7 @@ class TrainConfig:
             raise UserInputError(f"train.min_lr_ratio: must be in [0, 1], got {self.min_lr_ratio}")
         if not 0 < self.decay_fraction <= 1:
             raise UserInputError(f"train.decay_fraction: must be in (0, 1], got {self.decay_fraction}")
-        for name in ("warmup_steps", "checkpoint_interval", "global_batch_size", "halt_at_step"):
+        for name in ("warmup_steps", "checkpoint_interval", "global_batch_size", "halt_at_step", "keep_checkpoints"):
             if getattr(self, name) < 0:
                 raise UserInputError(f"train.{name}: must be >= 0, got {getattr(self, name)}")
         if self.grad_clip < 0:
