@@ -11,14 +11,26 @@ from __future__ import annotations
 import dataclasses
 import socket
 
+import numpy as np
 import pytest
 import torch
 
 from orchestrator.pretrain import parse_cli
 from pretrain_helpers import ensure_local_ray, run_tiny, step_metrics
+from workloads.engine import DeepSpeedConfig, build_engine
 from workloads.errors import UserInputError
+from workloads.evaluation import evaluate
 from workloads.model import GPT, ModelConfig
-from workloads.pipeline import ParallelConfig, build_pipeline_module, checkpoint_blocks
+from workloads.pipeline import (
+    ParallelConfig,
+    build_pipeline_engine,
+    build_pipeline_module,
+    checkpoint_blocks,
+    pipeline_evaluate,
+    pipeline_train_step,
+)
+from workloads.pretrain_worker import train_step
+from workloads.train_config import TrainConfig
 
 STEPS = 20
 # 18 validation samples: 4 full micro-batches of 4 and a remainder of 2 on one pipeline,
@@ -28,6 +40,8 @@ EVAL_SAMPLES = 18
 
 @dataclasses.dataclass(frozen=True)
 class Layout:
+    """A way to split the same training over workers."""
+
     workers: int
     zero_stage: int
     pipeline_stages: int = 1
@@ -45,7 +59,7 @@ class Layout:
             f"--parallel.pipeline_stages={self.pipeline_stages}",
             # micro-batch 4 x accumulation x data-parallel degree = 8 sequences in every layout
             f"--train.grad_accum_steps={2 // data_parallel}",
-            # Two CPUs here: four workers fit with half a CPU each.
+            # The local Ray has 2 CPUs: four workers fit with half a CPU each.
             f"--scaling.cpus_per_worker={min(1.0, 2 / self.workers)}",
             f"--train.eval_samples={EVAL_SAMPLES}",
         ]
@@ -211,6 +225,41 @@ def test_activation_checkpointing_recomputes_blocks_without_changing_the_numbers
     grads = gpt_named_values(pipeline, grads=True)
     for name, param in reference.named_parameters():
         torch.testing.assert_close(grads[name], param.grad, msg=name)
+
+
+class PackedSamples:
+    """A stand-in for PackedDataset: sample i is 13 seeded tokens in two documents."""
+
+    def __init__(self, cfg: ModelConfig):
+        self.vocab_size = cfg.vocab_size
+
+    def get(self, indices: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        tokens = torch.stack([torch.randint(0, self.vocab_size, (13,), generator=torch.Generator().manual_seed(int(i)))
+                              for i in indices])  # (B, T + 1)
+        segments = (torch.arange(13) >= 6).long().expand(len(indices), 13)
+        return tokens, segments
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_pipeline_engine_trains_and_evaluates_like_the_plain_engine(one_rank_group, precision):
+    """One stage, so no activations travel; the engine, its step, loss and evaluation are the pipeline's own."""
+    cfg = tiny_model()
+    ds = DeepSpeedConfig(zero_stage=0, precision=precision)
+    train = TrainConfig(micro_batch_size=2, grad_accum_steps=2, seed=5, warmup_steps=1, max_steps=3)
+    data, cpu = PackedSamples(cfg), torch.device("cpu")
+    torch.manual_seed(train.seed)
+    plain = build_engine(GPT(cfg), ds, train, 1, on_gpu=False)
+    pipeline = build_pipeline_engine(cfg, ParallelConfig(), ds, train, 1, on_gpu=False)
+
+    for step in range(3):
+        micro_batches = [np.arange(4 * step, 4 * step + 2), np.arange(4 * step + 2, 4 * step + 4)]
+        expected = train_step(plain, data, micro_batches, cpu)
+        assert pipeline_train_step(pipeline, data, micro_batches, cpu) == pytest.approx(expected, rel=1e-6), step
+
+    indices = np.arange(100, 105)  # two micro-batches of 2 and a remainder of 1
+    byte_lengths = torch.arange(1, cfg.vocab_size + 1)
+    expected = evaluate(plain, data, indices, 2, byte_lengths, cpu)
+    assert pipeline_evaluate(pipeline, data, indices, 2, byte_lengths, cpu) == pytest.approx(expected, rel=1e-6)
 
 
 # ---------------------------------------------------------------------------

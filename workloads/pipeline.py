@@ -165,6 +165,16 @@ def tied_head(embedding: nn.Module, x: torch.Tensor) -> torch.Tensor:
 TIED_KEY = "token_embedding"
 
 
+def pipeline_loss(logits: torch.Tensor, targets: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
+    """`lm_loss` in fp32, as the plain model computes it.
+
+    Under bf16 autocast the plain model's cross-entropy runs inside the forward, where
+    autocast computes it in fp32; the pipeline engine calls its loss outside the
+    autocast region, so bf16 logits are upcast here.
+    """
+    return lm_loss(logits.float(), targets, reduction)
+
+
 def pipeline_layers(cfg: ModelConfig) -> list:
     """Layer specs in model order: embedding, n_layers blocks, final norm, head."""
     from deepspeed.pipe import LayerSpec, TiedLayerSpec
@@ -202,7 +212,7 @@ def build_pipeline_module(cfg: ModelConfig, parallel: ParallelConfig, seed: int)
     pipeline = PipelineModule(
         layers=pipeline_layers(cfg),
         num_stages=parallel.pipeline_stages,
-        loss_fn=lm_loss,
+        loss_fn=pipeline_loss,
         partition_method=parallel.partition_method,
         activation_checkpoint_func=partial(checkpoint, use_reentrant=False),
         # Blocks only: the embedding's inputs are token ids, which carry no gradient.
@@ -300,7 +310,7 @@ def pipeline_evaluate(engine, dataset, indices: np.ndarray, micro_batch_size: in
     # with the activation buffers re-sized for it and back (p2p buffers assume one shape).
     runs = [(indices[:full], micro_batch_size, False), (indices[full:], len(indices) - full, True)]
     training_loss = engine.module.loss_fn
-    engine.module.loss_fn = partial(lm_loss, reduction="sum")
+    engine.module.loss_fn = partial(pipeline_loss, reduction="sum")
     try:
         for chunk, size, reshaped in runs:
             if len(chunk) == 0:
