@@ -125,6 +125,7 @@ class PretrainConfig:
             "tokenizer": dataclasses.asdict(self.tokenizer),
             "train": {k: v for k, v in dataclasses.asdict(self.train).items() if k not in cadence},
             "deepspeed": dataclasses.asdict(self.deepspeed),
-            "parallel": dataclasses.asdict(self.parallel),
+            # Activation checkpointing recomputes the same numbers: it may be switched on a resume.
+            "parallel": {k: v for k, v in dataclasses.asdict(self.parallel).items() if k != "activation_checkpointing"},
         }
         return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]

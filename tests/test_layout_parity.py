@@ -113,6 +113,8 @@ def test_parallel_section_is_part_of_the_training_identity():
     one = parse_cli(["--config", "tiny", "--scaling.num_workers=2"])
     two = parse_cli(["--config", "tiny", "--scaling.num_workers=2", "--parallel.pipeline_stages=2"])
     assert one.training_identity() != two.training_identity()
+    recomputing = parse_cli(["--config", "tiny", "--scaling.num_workers=2", "--parallel.activation_checkpointing=true"])
+    assert recomputing.training_identity() == one.training_identity()  # same numbers: may change on a resume
 
 
 # ---------------------------------------------------------------------------

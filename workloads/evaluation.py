@@ -38,6 +38,11 @@ def evaluate(engine, dataset, indices: np.ndarray, micro_batch_size: int, byte_l
     if dist.is_initialized():
         dist.all_reduce(totals)
     engine.train()
+    return eval_metrics(totals)
+
+
+def eval_metrics(totals: torch.Tensor) -> dict[str, float]:
+    """Loss, perplexity and bits per byte from all-reduced (nats, tokens, bytes) totals."""
     nats, count, num_bytes = totals.tolist()
     loss = nats / count
     return {"eval/loss": loss, "eval/ppl": math.exp(min(loss, 50.0)), "eval/bpb": nats / num_bytes / math.log(2)}

@@ -20,7 +20,6 @@ pipeline (one per data-parallel rank) trains on its own share of the global batc
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
@@ -34,6 +33,7 @@ from torch.utils.checkpoint import checkpoint
 
 from workloads.engine import DeepSpeedConfig, build_engine
 from workloads.errors import UserInputError
+from workloads.evaluation import eval_metrics
 from workloads.model import GPT, AttentionInputs, Block, Embedding, ModelConfig, lm_loss, make_norm
 from workloads.schema import option
 from workloads.train_config import TrainConfig
@@ -330,6 +330,4 @@ def pipeline_evaluate(engine, dataset, indices: np.ndarray, micro_batch_size: in
     if not engine.is_last_stage():
         totals.zero_()  # the first stage read the same samples: count them once
     dist.all_reduce(totals)
-    nats, count, num_bytes = totals.tolist()
-    loss = nats / count
-    return {"eval/loss": loss, "eval/ppl": math.exp(min(loss, 50.0)), "eval/bpb": nats / num_bytes / math.log(2)}
+    return eval_metrics(totals)
