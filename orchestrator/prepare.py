@@ -28,6 +28,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import ray
 
+from orchestrator import ray_runtime
 from workloads.data.config import EMBEDDED_CORPUS, DataConfig
 from workloads.data.corpus import (
     Corpus,
@@ -149,8 +150,7 @@ def _build(
     (build_dir / TOKENIZER_FILE).write_bytes(model_bytes)
     tokenizer = Tokenizer(model_bytes)
 
-    if not ray.is_initialized():
-        ray.init()  # a local Ray, or the cluster this runs in (`ray job submit`)
+    ray_runtime.connect()  # the cluster this runs in (`ray job submit`), else a private local Ray
     started = time.perf_counter()
     flat_tokens, doc_lengths = tokenize_documents(train_docs + val_docs, model_bytes)
     seconds = time.perf_counter() - started
