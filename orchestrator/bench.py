@@ -1,0 +1,617 @@
+"""`python -m orchestrator.bench`: how fast, and how well, the pretrain path trains.
+
+Each number compares two things measured side by side in the same run on the
+same machine, so that a slow or busy machine moves both sides:
+
+  pretrain_vs_bare_ratio  steady-state tokens/s of the real path (Ray Train + DeepSpeed ZeRO 1, one
+                          worker, warm-up steps excluded) / a bare single-process PyTorch loop with the
+                          same model, batch, data, threads and optimizer (torch AdamW, same param groups, fp32)
+  loader_vs_consumption   micro-batches/s `PackedDataset.get` delivers / micro-batches/s training consumes
+  loader_vs_memcpy        loader bytes/s / a numpy copy of as many bytes
+  prepare_vs_single_core  prepare's tokenization tokens/s / (cores x single-core sentencepiece encode)
+  first_step_s            launch of `python -m orchestrator.pretrain` to its first step line
+  --quality TEXTFILE      validation bits per byte within nanoGPT's FLOP budget (orchestrator.bench_quality)
+  --gpu                   tokens/s, MFU and peak memory of the GPU recipes' models on one GPU, bf16
+
+    python -m orchestrator.bench [--out bench.json] [--workdir DIR] [--quality shakespeare.txt] [--gpu]
+
+Runs, datasets and the MLflow database go to a temporary directory unless
+--workdir is given. Arguments of the form --section.field=value override the
+quality recipe (for tuning it).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+# orchestrator.pretrain sets Ray Train's environment defaults (orchestrator.ray_runtime):
+# it must be imported before this process starts Ray, whose workers inherit the environment.
+from orchestrator.pretrain import parse_cli, pretrain
+from orchestrator.pretrain_config import PretrainConfig
+from workloads.errors import UserInputError
+
+BENCH_CPUS = 2  # the machine this bench is calibrated for: one worker of 2 CPUs, 2 torch threads
+THROUGHPUT_RECIPE = "default"
+WARMUP_STEPS = 3  # steps left out of steady-state throughput (allocator, caches, first-call costs)
+GPU_RECIPES = ("gpt-125m-gpu", "gpt-1b-gpu")
+
+# key: (comparison the measured value must pass, goal)
+GOALS = {
+    "pretrain_vs_bare_ratio": (">=", 0.95),
+    "loader_vs_consumption": (">=", 50.0),
+    "loader_vs_memcpy": (">=", 0.5),
+    "prepare_vs_single_core": (">=", 0.8),
+    "first_step_s": ("<=", 15.0),
+    "quality_bpb": ("<", 2.72),  # beat nanoGPT's baby GPT (orchestrator.bench_quality)
+}
+_COMPARE = {">=": float.__ge__, "<=": float.__le__, "<": float.__lt__}
+SECTIONS = ("prepare", "loader", "throughput", "quality", "first_step", "gpu")
+
+
+def say(message: str) -> None:
+    print(f"bench: {message}", flush=True)
+
+
+# ---------------------------------------------------------------------------
+# Ray and configs
+# ---------------------------------------------------------------------------
+
+def start_ray() -> None:
+    """One local Ray for the in-process parts, unless this process already has one."""
+    import ray
+
+    if not ray.is_initialized():
+        # address="local": a new instance even where another process's cluster is
+        # reachable (plain ray.init() joins the one `ray start` last recorded).
+        ray.init(address="local", num_cpus=BENCH_CPUS, log_to_driver=True)
+
+
+def stop_ray() -> None:
+    import ray
+
+    if ray.is_initialized():
+        ray.shutdown()
+
+
+def throughput_args(dataset_dir: Path, workdir: Path, name: str, steps: int) -> list[str]:
+    """The pretrain command line of the default recipe on the bench's prepared dataset."""
+    return [
+        "--config", THROUGHPUT_RECIPE,
+        f"--data.corpus={dataset_dir}",
+        "--scaling.num_workers=1",
+        f"--scaling.cpus_per_worker={BENCH_CPUS}",
+        "--deepspeed.zero_stage=1",
+        f"--train.max_steps={steps}",
+        f"--train.eval_interval={steps}",
+        "--train.eval_samples=16",  # the final evaluation is not measured: keep it short
+        "--train.checkpoint_interval=0",
+        f"--run.output_dir={workdir / 'runs'}",
+        f"--run.name={name}",
+        "--run.fresh=true",
+        f"--tracking.uri={tracking_uri(workdir)}",
+        "--tracking.experiment=bench",
+    ]
+
+
+def tracking_uri(workdir: Path) -> str:
+    return f"sqlite:///{(workdir / 'mlflow.db').resolve()}"
+
+
+# ---------------------------------------------------------------------------
+# prepare: the dataset, and tokenization throughput
+# ---------------------------------------------------------------------------
+
+def bench_dataset(workdir: Path) -> Path:
+    """The default recipe's corpus prepared under workdir (a no-op when already there)."""
+    from orchestrator.prepare import prepare_dataset
+
+    cfg = parse_cli(["--config", THROUGHPUT_RECIPE])
+    return prepare_dataset(cfg.data, cfg.tokenizer, workdir / "datasets")
+
+
+def measure_tokenization(dataset_dir: Path) -> dict[str, Any]:
+    """prepare's parallel tokenization vs one in-process sentencepiece encode of the same documents.
+
+    prepare reports len(tokens) / the seconds of its one `tokenize_documents`
+    call (Ray Data tasks, one per CPU), the first Ray Data job of its process.
+    The same call is timed here on the dataset's own documents and tokenizer,
+    first in a Ray that has run no Ray Data job yet (what prepare reports), then
+    once more (the same work with Ray Data already started).
+    """
+    import ray
+
+    from orchestrator.prepare import tokenize_documents
+    from workloads.data.config import DataConfig
+    from workloads.data.corpus import find_sources, read_corpus
+    from workloads.tokenizer import Tokenizer
+
+    manifest = json.loads((dataset_dir / "manifest.json").read_text())
+    data = DataConfig(**manifest["config"]["data"])
+    documents = read_corpus(find_sources(data.corpus), data.text_field, data.max_doc_chars).documents
+    if data.val_corpus:
+        documents += read_corpus(find_sources(data.val_corpus), data.text_field, data.max_doc_chars).documents
+    model_bytes = (dataset_dir / manifest["tokenizer"]["file"]).read_bytes()
+    cores = int(ray.cluster_resources().get("CPU", 1))
+
+    parallel_s = []
+    for _ in ("first", "again"):
+        started = time.perf_counter()
+        flat_tokens, _ = tokenize_documents(documents, model_bytes)
+        parallel_s.append(time.perf_counter() - started)
+
+    tokenizer = Tokenizer(model_bytes)  # one thread
+    started = time.perf_counter()
+    encoded = tokenizer.encode_batch_arrays(documents)
+    single_s = time.perf_counter() - started
+    tokens = sum(len(ids) for ids in encoded)
+    if tokens != len(flat_tokens):
+        raise RuntimeError(f"single-core encode gave {tokens} tokens, prepare's {len(flat_tokens)}")
+    first_rate, again_rate, single_rate = tokens / parallel_s[0], tokens / parallel_s[1], tokens / single_s
+    return {
+        "prepare_vs_single_core": first_rate / (cores * single_rate),
+        "details": {
+            "documents": len(documents),
+            "tokens": tokens,
+            "cores": cores,
+            "prepare_tokens_per_s": first_rate,
+            "prepare_s": parallel_s[0],
+            "prepare_again_tokens_per_s": again_rate,
+            "prepare_again_s": parallel_s[1],
+            "prepare_again_vs_single_core": again_rate / (cores * single_rate),
+            "single_core_tokens_per_s": single_rate,
+            "single_core_s": single_s,
+        },
+    }
+
+
+# ---------------------------------------------------------------------------
+# loader
+# ---------------------------------------------------------------------------
+
+def _repeat_for(seconds: float, fn, *args) -> tuple[int, float]:
+    """Call fn(*args) until `seconds` have passed (at least once); returns (calls, elapsed)."""
+    calls = 0
+    started = time.perf_counter()
+    while True:
+        fn(*args)
+        calls += 1
+        elapsed = time.perf_counter() - started
+        if elapsed >= seconds:
+            return calls, elapsed
+
+
+def measure_loader(dataset_dir: Path, micro_batch_size: int, seed: int = 0, seconds: float = 1.0) -> dict[str, Any]:
+    """Micro-batches/s and bytes/s of `PackedDataset.get` on shuffled micro-batches, as the worker reads them."""
+    from workloads.data.loader import PackedDataset
+    from workloads.data.order import global_batch_indices
+
+    train = PackedDataset(dataset_dir, "train")
+    micro_batches = [global_batch_indices(train.num_samples, micro_batch_size, k, seed) for k in range(256)]
+    position = 0
+
+    def read_next() -> None:
+        nonlocal position
+        train.get(micro_batches[position % len(micro_batches)])
+        position += 1
+
+    for _ in micro_batches:  # page the samples in: the measured reads are warm, as in a running job
+        read_next()
+    calls, elapsed = _repeat_for(seconds, read_next)
+    tokens, segments = train.get(micro_batches[0])
+    bytes_per_batch = tokens.nbytes + segments.nbytes  # (b, seq_len+1) int64, twice
+    return {
+        "micro_batch_size": micro_batch_size,
+        "bytes_per_micro_batch": bytes_per_batch,
+        "micro_batches_per_s": calls / elapsed,
+        "bytes_per_s": calls * bytes_per_batch / elapsed,
+    }
+
+
+def measure_memcpy(num_bytes: int, seconds: float = 1.0) -> float:
+    """Bytes/s of a numpy copy (allocating, as the loader's output does) of num_bytes."""
+    source = np.random.default_rng(0).integers(0, 256, size=num_bytes, dtype=np.uint8)
+    source.copy()
+    calls, elapsed = _repeat_for(seconds, source.copy)
+    return calls * num_bytes / elapsed
+
+
+# ---------------------------------------------------------------------------
+# throughput: the bare loop and the real path
+# ---------------------------------------------------------------------------
+
+def bare_loop(cfg: PretrainConfig, dataset_dir: Path, steps: int, threads: int) -> list[float]:
+    """The worker's training loop without Ray or DeepSpeed; returns the time after each step.
+
+    Same model and initial weights, same samples in the same order, torch AdamW
+    on the same param groups with the same schedule and gradient clipping, fp32.
+    """
+    import torch
+
+    from workloads.data.loader import PackedDataset
+    from workloads.data.order import global_batch_indices, split_micro_batches
+    from workloads.engine import make_adamw, make_scheduler, param_groups
+    from workloads.model import GPT
+
+    previous_threads = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        torch.manual_seed(cfg.train.seed)
+        model = GPT(cfg.model)
+        optimizer = make_adamw(param_groups(model, cfg.train.weight_decay), cfg.train, on_gpu=False)
+        scheduler = make_scheduler(optimizer, cfg.train)
+        train_set = PackedDataset(dataset_dir, "train")
+        global_batch = cfg.train.resolved_global_batch(1)
+        stamps = [time.perf_counter()]
+        for step in range(steps):
+            indices = global_batch_indices(train_set.num_samples, global_batch, step, cfg.data.shuffle_seed)
+            for micro in split_micro_batches(indices, cfg.train.micro_batch_size):
+                tokens, segments = train_set.get(micro)
+                loss = model(tokens[:, :-1], targets=tokens[:, 1:], segment_ids=segments[:, :-1])  # (B, T) each
+                (loss / cfg.train.grad_accum_steps).backward()
+                loss.item()
+            if cfg.train.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.train.grad_clip)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            stamps.append(time.perf_counter())
+        return stamps
+    finally:
+        torch.set_num_threads(previous_threads)
+
+
+def steady_tokens_per_s(stamps: list[float], tokens_per_step: int, warmup: int = WARMUP_STEPS) -> float:
+    """Tokens/s from the end of step `warmup` to the end of the last step; stamps[k] = end of step k."""
+    steps = len(stamps) - 1 - warmup
+    if steps < 1:
+        raise ValueError(f"need more than {warmup} steps, got {len(stamps) - 1}")
+    return steps * tokens_per_step / (stamps[-1] - stamps[warmup])
+
+
+def step_times_from_metrics(metrics_jsonl: Path) -> list[float]:
+    """[start placeholder, end of step 1, ...] from the worker's metrics.jsonl (`time` of each step's record)."""
+    times: dict[int, float] = {}
+    for line in metrics_jsonl.read_text().splitlines():
+        record = json.loads(line)
+        if "train/loss" in record:
+            times[record["step"]] = record["time"]
+    steps = sorted(times)
+    if steps != list(range(1, len(steps) + 1)):
+        raise RuntimeError(f"{metrics_jsonl}: steps {steps[:3]}... are not 1..N")
+    return [float("nan")] + [times[s] for s in steps]
+
+
+def bare_loop_in_ray_worker(cfg: PretrainConfig, dataset_dir: Path, steps: int, threads: int) -> list[float]:
+    """`bare_loop` as a Ray task holding as many CPUs as the training worker.
+
+    A Ray worker process differs from this one in what Ray gives every worker:
+    its environment (OMP_NUM_THREADS = the CPUs held) and its scheduling priority
+    (Ray starts workers at niceness 15, so any other busy process on the machine
+    takes the CPU first). Comparing the two bare loops separates those effects
+    from the cost of Ray Train and DeepSpeed.
+    """
+    import ray
+
+    task = ray.remote(num_cpus=threads)(bare_loop)
+    return ray.get(task.remote(cfg, dataset_dir, steps, threads))
+
+
+def measure_throughput(dataset_dir: Path, workdir: Path, steps: int) -> dict[str, Any]:
+    """Bare loop, real path, bare loop in a Ray worker, bare loop again.
+
+    The ratio divides by the mean of the two bare loops run here, one before and
+    one after the real path, so that a machine getting busier or quieter during
+    the measurement shows as a gap between them.
+    """
+    total = steps + WARMUP_STEPS
+    cfg = parse_cli(throughput_args(dataset_dir, workdir, "bench-throughput", total))
+    tokens_step = cfg.train.resolved_global_batch(1) * cfg.data.seq_len
+
+    def bare(where: str, loop) -> float:
+        say(f"throughput: bare PyTorch loop {where}, {total} steps")
+        rate = steady_tokens_per_s(loop(cfg, dataset_dir, total, BENCH_CPUS), tokens_step)
+        say(f"throughput: bare loop {where}: {rate:,.0f} tok/s")
+        return rate
+
+    bare_before = bare("in this process", bare_loop)
+    say(f"throughput: real path, {total} steps (Ray Train + DeepSpeed ZeRO {cfg.deepspeed.zero_stage}, 1 worker)")
+    started = time.perf_counter()
+    pretrain(cfg)
+    pretrain_wall = time.perf_counter() - started
+    full = steady_tokens_per_s(step_times_from_metrics(cfg.run.run_dir() / "metrics.jsonl"), tokens_step)
+    say(f"throughput: real path: {full:,.0f} tok/s")
+    bare_ray = bare("in a Ray worker process", bare_loop_in_ray_worker)
+    bare_after = bare("in this process, again", bare_loop)
+    bare_mean = (bare_before + bare_after) / 2
+    return {
+        "pretrain_vs_bare_ratio": full / bare_mean,
+        "bare_micro_batches_per_s": bare_mean / (cfg.train.micro_batch_size * cfg.data.seq_len),
+        "details": {
+            "model": f"{cfg.model.n_layers} x {cfg.model.d_model}, vocab {cfg.model.vocab_size}",
+            "micro_batch": f"{cfg.train.micro_batch_size} x {cfg.data.seq_len} tokens",
+            "grad_accum_steps": cfg.train.grad_accum_steps,
+            "threads": BENCH_CPUS,
+            "measured_steps": steps,
+            "warmup_steps_excluded": WARMUP_STEPS,
+            "pretrain_tokens_per_s": full,
+            "bare_tokens_per_s": [bare_before, bare_after],
+            "bare_in_ray_worker_tokens_per_s": bare_ray,
+            "pretrain_vs_bare_in_ray_worker": full / bare_ray,
+            "pretrain_wall_s": pretrain_wall,
+        },
+    }
+
+
+# ---------------------------------------------------------------------------
+# first step: a user's `python -m orchestrator.pretrain`
+# ---------------------------------------------------------------------------
+
+# Lines of the pretrain output that mark its phases, in order.
+FIRST_STEP_MARKS = (
+    ("ray_started", re.compile(r"^pretrain: (local Ray|cluster at|already)")),
+    ("tracking_ready", re.compile(r"^pretrain: run '")),
+    ("workers_started", re.compile(r"Started training worker group")),
+    ("engine_ready", re.compile(r"training (from scratch|resumed)")),
+    ("first_step", re.compile(r"\bstep 1/\d+ \|")),
+)
+
+
+def measure_first_step(dataset_dir: Path, workdir: Path, timeout_s: float = 300.0) -> dict[str, Any]:
+    """Seconds from launching the pretrain CLI (dataset prepared) to its first step line, and its phases."""
+    command = [sys.executable, "-m", "orchestrator.pretrain", *throughput_args(dataset_dir, workdir, "bench-first-step", 2),
+               "--train.log_interval=1"]
+    # Its own Ray directory: a plain ray.init() joins whatever cluster <tmp>/ray/ray_current_cluster
+    # names (`ray start` writes it), and the point is a fresh start, as on a user's machine.
+    ray_tmp = tempfile.mkdtemp(prefix="ray")
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "RAY_TMPDIR": ray_tmp}
+    marks: dict[str, float] = {}
+    tail: list[str] = []
+    started = time.perf_counter()
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+                               cwd=workdir, start_new_session=True)
+    watchdog = threading.Timer(timeout_s, process.kill)
+    watchdog.start()
+    try:
+        for line in process.stdout:
+            now = time.perf_counter() - started
+            tail = (tail + [line.rstrip()])[-20:]
+            for name, pattern in FIRST_STEP_MARKS:
+                if name not in marks and pattern.search(line):
+                    marks[name] = now
+                    say(f"first step: {name} at {now:.1f} s")
+        status = process.wait()
+    finally:
+        watchdog.cancel()
+        shutil.rmtree(ray_tmp, ignore_errors=True)
+    if "first_step" not in marks:
+        raise RuntimeError(f"pretrain exited with status {status} before its first step line; last lines:\n" + "\n".join(tail))
+    return {"first_step_s": marks["first_step"], "details": {"phases_s": marks, "exit_status": status}}
+
+
+# ---------------------------------------------------------------------------
+# GPU
+# ---------------------------------------------------------------------------
+
+def train_steps_on_device(cfg: PretrainConfig, device: str, steps: int, warmup: int = 2) -> dict[str, Any]:
+    """A recipe's model trained on random tokens on one device in bf16 autocast (fp32 master weights, AdamW).
+
+    Without segment ids, so attention is plain causal (flash kernels where available).
+    Throughput counts the `steps` steps after `warmup` (at least 1) steps.
+    """
+    if warmup < 1 or steps < 1:
+        raise ValueError(f"need warmup >= 1 and steps >= 1, got {warmup} and {steps}")
+    import torch
+
+    from workloads.engine import make_adamw, param_groups
+    from workloads.model import GPT, training_flops_per_token
+    from workloads.perf import device_peak_flops, mfu
+
+    on_gpu = device.startswith("cuda")
+    if on_gpu:
+        torch.cuda.reset_peak_memory_stats()
+    torch.manual_seed(cfg.train.seed)
+    model = GPT(cfg.model).to(device)
+    optimizer = make_adamw(param_groups(model, cfg.train.weight_decay), cfg.train, on_gpu=on_gpu)
+    batch, seq_len = cfg.train.micro_batch_size, cfg.data.seq_len
+    tokens = torch.randint(0, cfg.model.vocab_size, (batch, seq_len + 1), device=device)
+
+    def sync() -> None:
+        if on_gpu:
+            torch.cuda.synchronize()
+
+    stamps = []  # stamps[0]: end of warm-up; stamps[k]: end of measured step k
+    for step in range(warmup + steps):
+        for _ in range(cfg.train.grad_accum_steps):
+            with torch.autocast(device_type="cuda" if on_gpu else "cpu", dtype=torch.bfloat16):
+                loss = model(tokens[:, :-1], targets=tokens[:, 1:])  # (B, T) inputs and targets
+            (loss / cfg.train.grad_accum_steps).backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.train.grad_clip or float("inf"))
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        if step >= warmup - 1:
+            sync()
+            stamps.append(time.perf_counter())
+    tokens_per_s = steady_tokens_per_s(stamps, cfg.train.grad_accum_steps * batch * seq_len, warmup=0)
+    flops_per_token = training_flops_per_token(cfg.model, seq_len)
+    peak, peak_source = device_peak_flops(on_gpu, bf16=True)
+    result = {
+        "params_m": sum(p.numel() for p in model.parameters()) / 1e6,
+        "micro_batch": f"{batch} x {seq_len} x {cfg.train.grad_accum_steps} accumulation",
+        "tokens_per_s": tokens_per_s,
+        "mfu": mfu(flops_per_token, tokens_per_s, peak, 1),
+        "peak_flops": peak,
+        "peak_flops_source": peak_source,
+        "final_loss": loss.item(),
+    }
+    if on_gpu:
+        result["peak_memory_gib"] = torch.cuda.max_memory_allocated() / 2**30
+    del model, optimizer
+    return result
+
+
+def gpu_bench(steps: int = 10) -> dict[str, Any]:
+    import torch
+
+    if not torch.cuda.is_available():
+        return {"skipped": "no CUDA device is present"}
+    results: dict[str, Any] = {"device": torch.cuda.get_device_name()}
+    for recipe in GPU_RECIPES:
+        say(f"gpu: {recipe}, {steps} steps")
+        cfg = parse_cli(["--config", recipe])
+        results[recipe] = train_steps_on_device(cfg, "cuda", steps)
+        torch.cuda.empty_cache()
+        say(f"gpu: {recipe}: {results[recipe]['tokens_per_s']:,.0f} tok/s, MFU {100 * results[recipe]['mfu']:.1f}%, "
+            f"peak memory {results[recipe]['peak_memory_gib']:.1f} GiB")
+    return results
+
+
+# ---------------------------------------------------------------------------
+# Report
+# ---------------------------------------------------------------------------
+
+def meets_goal(key: str, value: float) -> bool | None:
+    if key not in GOALS:
+        return None
+    comparison, goal = GOALS[key]
+    return _COMPARE[comparison](float(value), goal)
+
+
+def table(report: dict[str, Any]) -> str:
+    lines = [f"{'measure':<26}{'value':>14}  {'goal':<10}met", "-" * 56]
+    for key in [*GOALS, "quality_flops", "quality_wall_s"]:
+        if key not in report:
+            continue
+        value = report[key]
+        goal = ""
+        if key in GOALS:
+            goal = f"{GOALS[key][0]} {GOALS[key][1]:g}"
+        met = meets_goal(key, value)
+        shown = f"{value:.4g}" if abs(value) < 1e6 else f"{value:.3e}"
+        lines.append(f"{key:<26}{shown:>14}  {goal:<10}{'' if met is None else ('yes' if met else 'NO')}")
+    if "gpu" in report:
+        lines.append(f"{'gpu':<26}{json.dumps(report['gpu'])[:200]}")
+    return "\n".join(lines)
+
+
+def run(args: argparse.Namespace, quality_overrides: list[str]) -> dict[str, Any]:
+    sections = set(args.only.split(",")) if args.only else set(SECTIONS) - {"quality", "gpu"}
+    unknown = sections - set(SECTIONS)
+    if unknown:
+        raise UserInputError(f"--only: unknown section(s) {', '.join(sorted(unknown))} (known: {', '.join(SECTIONS)})")
+    if args.quality:
+        sections.add("quality")
+    if args.gpu:
+        sections.add("gpu")
+    if "quality" in sections and not args.quality:
+        raise UserInputError("--only quality needs --quality TEXTFILE")
+
+    workdir = Path(args.workdir).resolve() if args.workdir else Path(tempfile.mkdtemp(prefix="bench-"))
+    workdir.mkdir(parents=True, exist_ok=True)
+    report: dict[str, Any] = {
+        "measured_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "cpus_on_machine": os.cpu_count(),
+        "load_average_at_start": list(os.getloadavg()),
+    }
+    details: dict[str, Any] = {}
+    say(f"working in {workdir}; load average {report['load_average_at_start']}")
+    try:
+        needs_dataset = sections & {"prepare", "loader", "throughput", "first_step"}
+        if needs_dataset or "quality" in sections:
+            start_ray()
+        if needs_dataset:
+            say("prepare: the default recipe's corpus (tokenizer training and packing run only once per workdir)")
+            dataset_dir = bench_dataset(workdir)
+        if "prepare" in sections:
+            say("prepare: tokenization throughput, prepare's Ray Data tasks vs one core")
+            stop_ray()  # prepare's number is its process's first Ray Data job: measure that in a fresh Ray
+            start_ray()
+            measured = measure_tokenization(dataset_dir)
+            report["prepare_vs_single_core"] = measured["prepare_vs_single_core"]
+            details["prepare"] = measured["details"]
+            shown = measured["details"]
+            say(f"prepare: {shown['prepare_tokens_per_s']:,.0f} tok/s on {shown['cores']} cores "
+                f"({shown['prepare_again_tokens_per_s']:,.0f} tok/s the second time) vs "
+                f"{shown['single_core_tokens_per_s']:,.0f} tok/s on one: ratio {report['prepare_vs_single_core']:.3f}")
+        if "loader" in sections:
+            say("loader: PackedDataset.get of shuffled micro-batches vs a numpy copy of the same bytes")
+            micro = parse_cli(["--config", THROUGHPUT_RECIPE]).train.micro_batch_size
+            loader = measure_loader(dataset_dir, micro)
+            loader["memcpy_bytes_per_s"] = measure_memcpy(loader["bytes_per_micro_batch"])
+            report["loader_vs_memcpy"] = loader["bytes_per_s"] / loader["memcpy_bytes_per_s"]
+            details["loader"] = loader
+            say(f"loader: {loader['micro_batches_per_s']:,.0f} micro-batches/s, {loader['bytes_per_s'] / 1e9:.2f} GB/s "
+                f"vs copy {loader['memcpy_bytes_per_s'] / 1e9:.2f} GB/s: ratio {report['loader_vs_memcpy']:.3f}")
+        if "throughput" in sections:
+            measured = measure_throughput(dataset_dir, workdir, args.steps)
+            report["pretrain_vs_bare_ratio"] = measured["pretrain_vs_bare_ratio"]
+            details["throughput"] = {**measured["details"], "bare_micro_batches_per_s": measured["bare_micro_batches_per_s"]}
+            if "loader" in details:
+                report["loader_vs_consumption"] = details["loader"]["micro_batches_per_s"] / measured["bare_micro_batches_per_s"]
+            say(f"throughput: ratio {report['pretrain_vs_bare_ratio']:.3f}")
+        if "quality" in sections:
+            from orchestrator.bench_quality import run_quality
+
+            say(f"quality: {args.quality}, first 90% of its bytes to train on, the rest to validate, "
+                f"{args.flops:.3g} training FLOPs")
+            measured = run_quality(Path(args.quality), workdir, tracking_uri(workdir), args.flops, args.quality_recipe,
+                                   tuple(quality_overrides))
+            report.update({k: measured[k] for k in ("quality_bpb", "quality_flops", "quality_wall_s")})
+            details["quality"] = measured["details"]
+            say(f"quality: {measured['quality_bpb']:.4f} bits per byte with {measured['quality_flops']:.3g} FLOPs in "
+                f"{measured['quality_wall_s']:.0f} s (nanoGPT baby GPT: 2.72)")
+        if "first_step" in sections:
+            stop_ray()  # the CLI starts its own Ray, as it does for a user
+            say("first step: python -m orchestrator.pretrain on the prepared dataset")
+            measured = measure_first_step(dataset_dir, workdir)
+            report["first_step_s"] = measured["first_step_s"]
+            details["first_step"] = measured["details"]
+        if "gpu" in sections:
+            report["gpu"] = gpu_bench()
+            if "skipped" in report["gpu"]:
+                say(f"gpu: skipped, {report['gpu']['skipped']}")
+    finally:
+        stop_ray()
+        if not args.workdir:
+            shutil.rmtree(workdir, ignore_errors=True)
+    report["load_average_at_end"] = list(os.getloadavg())
+    report["details"] = details
+    return report
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m orchestrator.bench", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", help="write the results as JSON to this file")
+    parser.add_argument("--workdir", help="keep runs, datasets and the MLflow database here (default: a temporary directory)")
+    parser.add_argument("--steps", type=int, default=20, help="measured steps per throughput run, after warm-up")
+    parser.add_argument("--quality", metavar="TEXTFILE", help="run the learning-quality check on this text file")
+    parser.add_argument("--flops", type=float, default=7.9e12, help="training FLOP budget of the quality check")
+    parser.add_argument("--quality-recipe", default="quality", help="recipe of the quality check (name or YAML)")
+    parser.add_argument("--gpu", action="store_true", help="benchmark the GPU recipes' models on one CUDA device")
+    parser.add_argument("--only", help=f"comma-separated sections to run ({', '.join(SECTIONS)})")
+    args, rest = parser.parse_known_args(argv)
+    bad = [a for a in rest if not re.match(r"^--\w+\.\w+=", a)]
+    if bad:
+        parser.error(f"unrecognized arguments: {' '.join(bad)} (quality overrides look like --section.field=value)")
+    report = run(args, rest)
+    print(table(report), flush=True)
+    if args.out:
+        Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
+        say(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    from orchestrator.config import run_cli
+
+    run_cli(main, sys.argv[1:])
