@@ -1,6 +1,6 @@
 """`python -m orchestrator.bench`: how fast, and how well, the pretrain path trains.
 
-Each number compares two things measured side by side in the same run on the
+Each ratio compares two things measured side by side in the same run on the
 same machine, so that a slow or busy machine moves both sides:
 
   pretrain_vs_bare_ratio  steady-state tokens/s of the real path (Ray Train + DeepSpeed ZeRO 1, one
@@ -38,6 +38,7 @@ import numpy as np
 
 # orchestrator.pretrain sets Ray Train's environment defaults (orchestrator.ray_runtime):
 # it must be imported before this process starts Ray, whose workers inherit the environment.
+from orchestrator.bench_quality import NANOGPT_BPB, NANOGPT_FLOPS, run_quality
 from orchestrator.pretrain import parse_cli, pretrain
 from orchestrator.pretrain_config import PretrainConfig
 from workloads.errors import UserInputError
@@ -73,8 +74,7 @@ def start_ray() -> None:
     import ray
 
     if not ray.is_initialized():
-        # address="local": a new instance even where another process's cluster is
-        # reachable (plain ray.init() joins the one `ray start` last recorded).
+        # address="local": a new instance even where another cluster runs on this machine.
         ray.init(address="local", num_cpus=BENCH_CPUS, log_to_driver=True)
 
 
@@ -347,6 +347,8 @@ def measure_throughput(dataset_dir: Path, workdir: Path, steps: int) -> dict[str
             "warmup_steps_excluded": WARMUP_STEPS,
             "pretrain_tokens_per_s": full,
             "bare_tokens_per_s": [bare_before, bare_after],
+            # How much the same loop's speed moved while the real path ran: a busy machine shows here.
+            "bare_spread": abs(bare_before - bare_after) / bare_mean,
             "bare_in_ray_worker_tokens_per_s": bare_ray,
             "pretrain_vs_bare_in_ray_worker": full / bare_ray,
             "pretrain_wall_s": pretrain_wall,
@@ -372,10 +374,8 @@ def measure_first_step(dataset_dir: Path, workdir: Path, timeout_s: float = 300.
     """Seconds from launching the pretrain CLI (dataset prepared) to its first step line, and its phases."""
     command = [sys.executable, "-m", "orchestrator.pretrain", *throughput_args(dataset_dir, workdir, "bench-first-step", 2),
                "--train.log_interval=1"]
-    # Its own Ray directory: a plain ray.init() joins whatever cluster <tmp>/ray/ray_current_cluster
-    # names (`ray start` writes it), and the point is a fresh start, as on a user's machine.
-    ray_tmp = tempfile.mkdtemp(prefix="ray")
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "RAY_TMPDIR": ray_tmp}
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env.pop("RAY_ADDRESS", None)  # a local Ray of its own, as on a laptop
     marks: dict[str, float] = {}
     tail: list[str] = []
     started = time.perf_counter()
@@ -394,7 +394,6 @@ def measure_first_step(dataset_dir: Path, workdir: Path, timeout_s: float = 300.
         status = process.wait()
     finally:
         watchdog.cancel()
-        shutil.rmtree(ray_tmp, ignore_errors=True)
     if "first_step" not in marks:
         raise RuntimeError(f"pretrain exited with status {status} before its first step line; last lines:\n" + "\n".join(tail))
     return {"first_step_s": marks["first_step"], "details": {"phases_s": marks, "exit_status": status}}
@@ -561,8 +560,6 @@ def run(args: argparse.Namespace, quality_overrides: list[str]) -> dict[str, Any
                 report["loader_vs_consumption"] = details["loader"]["micro_batches_per_s"] / measured["bare_micro_batches_per_s"]
             say(f"throughput: ratio {report['pretrain_vs_bare_ratio']:.3f}")
         if "quality" in sections:
-            from orchestrator.bench_quality import run_quality
-
             say(f"quality: {args.quality}, first 90% of its bytes to train on, the rest to validate, "
                 f"{args.flops:.3g} training FLOPs")
             measured = run_quality(Path(args.quality), workdir, tracking_uri(workdir), args.flops, args.quality_recipe,
@@ -570,7 +567,7 @@ def run(args: argparse.Namespace, quality_overrides: list[str]) -> dict[str, Any
             report.update({k: measured[k] for k in ("quality_bpb", "quality_flops", "quality_wall_s")})
             details["quality"] = measured["details"]
             say(f"quality: {measured['quality_bpb']:.4f} bits per byte with {measured['quality_flops']:.3g} FLOPs in "
-                f"{measured['quality_wall_s']:.0f} s (nanoGPT baby GPT: 2.72)")
+                f"{measured['quality_wall_s']:.0f} s (nanoGPT's baby GPT: {NANOGPT_BPB:.2f})")
         if "first_step" in sections:
             stop_ray()  # the CLI starts its own Ray, as it does for a user
             say("first step: python -m orchestrator.pretrain on the prepared dataset")
@@ -587,16 +584,34 @@ def run(args: argparse.Namespace, quality_overrides: list[str]) -> dict[str, Any
             shutil.rmtree(workdir, ignore_errors=True)
     report["load_average_at_end"] = list(os.getloadavg())
     report["details"] = details
+    report["warnings"] = busy_machine_warnings(report)
     return report
 
 
+def busy_machine_warnings(report: dict[str, Any]) -> list[str]:
+    """Signs that other work on the machine disturbed the timings."""
+    warnings = []
+    cpus = report["cpus_on_machine"] or BENCH_CPUS
+    load = report["load_average_at_start"][0]  # later ones include this bench's own work
+    if load > 0.5 * cpus:
+        warnings.append(f"the 1-minute load average was {load:.1f} on {cpus} CPUs before the bench started: "
+                        "other work disturbs the timings, compare runs on a quiet machine")
+    spread = report["details"].get("throughput", {}).get("bare_spread", 0.0)
+    if spread > 0.05:
+        warnings.append(f"the bare loop ran {100 * spread:.0f}% faster or slower after the real path than before: "
+                        "the machine's speed changed during the measurement")
+    return warnings
+
+
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m orchestrator.bench", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m orchestrator.bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--out", help="write the results as JSON to this file")
     parser.add_argument("--workdir", help="keep runs, datasets and the MLflow database here (default: a temporary directory)")
     parser.add_argument("--steps", type=int, default=20, help="measured steps per throughput run, after warm-up")
     parser.add_argument("--quality", metavar="TEXTFILE", help="run the learning-quality check on this text file")
-    parser.add_argument("--flops", type=float, default=7.9e12, help="training FLOP budget of the quality check")
+    parser.add_argument("--flops", type=float, default=NANOGPT_FLOPS, help="training FLOP budget of the quality check")
     parser.add_argument("--quality-recipe", default="quality", help="recipe of the quality check (name or YAML)")
     parser.add_argument("--gpu", action="store_true", help="benchmark the GPU recipes' models on one CUDA device")
     parser.add_argument("--only", help=f"comma-separated sections to run ({', '.join(SECTIONS)})")
@@ -606,6 +621,8 @@ def main(argv: list[str] | None = None) -> None:
         parser.error(f"unrecognized arguments: {' '.join(bad)} (quality overrides look like --section.field=value)")
     report = run(args, rest)
     print(table(report), flush=True)
+    for warning in report["warnings"]:
+        print(f"warning: {warning}", flush=True)
     if args.out:
         Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
         say(f"wrote {args.out}")

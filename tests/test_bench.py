@@ -124,3 +124,12 @@ def test_unknown_section_fails_before_anything_runs():
         bench.main(["--only", "nonsense"])
     with pytest.raises(UserInputError, match="needs --quality"):
         bench.main(["--only", "quality"])
+
+
+def test_busy_machine_is_reported():
+    quiet = {"cpus_on_machine": 2, "load_average_at_start": [0.1, 0.2, 0.3],
+             "details": {"throughput": {"bare_spread": 0.01}}}
+    assert bench.busy_machine_warnings(quiet) == []
+    busy = {"cpus_on_machine": 2, "load_average_at_start": [3.0, 2.0, 1.0],
+            "details": {"throughput": {"bare_spread": 0.2}}}
+    assert len(bench.busy_machine_warnings(busy)) == 2
