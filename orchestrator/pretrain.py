@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from orchestrator import ray_runtime, run_state
+from orchestrator import best_checkpoint, ray_runtime, run_state
 from orchestrator.config import parse_tree, run_cli, to_dict
 from orchestrator.dataset_checks import check_dataset
 from orchestrator.pretrain_config import PretrainConfig
@@ -53,6 +53,7 @@ def build_trainer(cfg: PretrainConfig, payload: dict[str, Any], run_dir: Path):
     import ray.train
     from ray.train.torch import TorchConfig, TorchTrainer
 
+    from orchestrator.train_callbacks import BestCheckpointKeeper
     from workloads.pretrain_worker import train_worker
 
     resources = {"CPU": cfg.scaling.cpus_per_worker}
@@ -74,6 +75,7 @@ def build_trainer(cfg: PretrainConfig, payload: dict[str, Any], run_dir: Path):
             failure_config=ray.train.FailureConfig(max_failures=cfg.scaling.max_failures),
             # Ray deletes a checkpoint only after a newer one is registered, so one always survives.
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=cfg.train.keep_checkpoints or None),
+            callbacks=[BestCheckpointKeeper(run_dir)] if cfg.train.keep_best_checkpoint else [],
             worker_runtime_env=worker_runtime_env(cfg),
         ),
     )
@@ -125,6 +127,10 @@ def pretrain(cfg: PretrainConfig) -> dict[str, Any]:
     tags = {}
     if result.checkpoint is not None:
         final["checkpoint"] = tags["orchestrator.final_checkpoint"] = result.checkpoint.path
+    best = best_checkpoint.read_best(run_dir) if cfg.train.keep_best_checkpoint else None
+    if best is not None:
+        tags["orchestrator.best_checkpoint"] = str(run_dir / best_checkpoint.BEST_LINK)
+        tags["orchestrator.best_checkpoint_step"] = str(best["step"])
     final_eval = {f"final/{k.removeprefix('eval/')}": v for k, v in final.items() if k.startswith("eval/")}
     halted = cfg.train.halt_at_step and final.get("step", 0) < cfg.train.max_steps
     recorder.finish(
@@ -138,6 +144,9 @@ def pretrain(cfg: PretrainConfig) -> dict[str, Any]:
         )
     else:
         print(f"pretrain: stopped at step {final.get('step')} | checkpoint {final.get('checkpoint')} (resubmit to continue)")
+    if best is not None:
+        print(f"pretrain: best checkpoint: step {best['step']}, validation loss {best['eval_loss']:.4f} "
+              f"| {run_dir / best_checkpoint.BEST_LINK}")
     return final
 
 

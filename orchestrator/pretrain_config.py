@@ -118,7 +118,8 @@ class PretrainConfig:
         # The batch shape is checked on its own (run_state.claim): the global batch must stay the
         # same unless allowed, while micro-batch x accumulation may change with the worker count.
         cadence = {"halt_at_step", "log_interval", "eval_interval", "eval_samples", "checkpoint_interval",
-                   "peak_flops_per_device", "keep_checkpoints", "micro_batch_size", "grad_accum_steps", "global_batch_size"}
+                   "peak_flops_per_device", "keep_checkpoints", "keep_best_checkpoint",
+                   "micro_batch_size", "grad_accum_steps", "global_batch_size"}
         identity = {
             "model": dataclasses.asdict(self.model),
             "data": {k: v for k, v in dataclasses.asdict(self.data).items() if k != "dataset_dir"},

@@ -12,7 +12,9 @@ import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from orchestrator import best_checkpoint
 from workloads.errors import UserInputError
+from workloads.sample_ledger import LEDGER_DIR
 
 STATE_FILE = "run.json"
 TRAIN_STORAGE = "train"  # Ray Train's storage (checkpoints) inside the run directory
@@ -44,7 +46,9 @@ def claim(run_dir: Path, identity: str, global_batch: int, fresh: bool, allow_ba
     """Check the run directory may hold this run; returns the previous state when resuming."""
     previous = load(run_dir)
     if fresh and run_dir.exists():
-        shutil.rmtree(run_dir / TRAIN_STORAGE, ignore_errors=True)
+        for directory in (TRAIN_STORAGE, LEDGER_DIR):
+            shutil.rmtree(run_dir / directory, ignore_errors=True)
+        best_checkpoint.forget(run_dir)
         (run_dir / STATE_FILE).unlink(missing_ok=True)
         for record in ("metrics.jsonl", "metrics.forwarded"):
             (run_dir / record).unlink(missing_ok=True)

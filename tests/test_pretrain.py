@@ -21,9 +21,15 @@ def tracking_uri(tmp_path_factory) -> str:
 
 def test_resume_continues_the_same_loss_curve(tiny_dataset, tmp_path, tracking_uri, ray_local):
     run_tiny(tiny_dataset, tmp_path, tracking_uri, "--run.name=straight", "--train.checkpoint_interval=4",
-             "--train.keep_checkpoints=2")
+             "--train.eval_interval=4", "--train.keep_checkpoints=2")
     kept = sorted(p for p in (tmp_path / "straight" / "train").glob("checkpoint_*") if p.is_dir())
     assert [json.loads((c / "training_state.json").read_text())["step"] for c in kept] == [16, 20]
+    evaluated = step_metrics(tmp_path / "straight", "eval/loss")
+    best_step = min(evaluated, key=evaluated.get)
+    best = tmp_path / "straight" / "best_checkpoint"
+    assert json.loads((best / "best.json").read_text())["eval_loss"] == evaluated[best_step]
+    assert json.loads((best / "training_state.json").read_text())["step"] == best_step
+    assert (best / f"step{best_step:08d}" / "mp_rank_00_model_states.pt").exists()
     halted = run_tiny(tiny_dataset, tmp_path, tracking_uri, "--run.name=resumed", "--train.halt_at_step=7")
     assert halted["step"] == 7
     final = run_tiny(tiny_dataset, tmp_path, tracking_uri, "--run.name=resumed")

@@ -29,6 +29,9 @@ import torch.distributed as dist
 from workloads.errors import UserInputError
 
 MARKER_FILE = "training_state.json"
+# Reported with every checkpoint: the step of the latest validation pass, so the driver can tell
+# whether the reported validation loss was measured on exactly these weights.
+EVAL_STEP_KEY = "eval_step"
 
 
 @dataclass

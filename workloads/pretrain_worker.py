@@ -18,6 +18,7 @@ import torch
 import torch.distributed as dist
 
 from workloads.checkpointing import (
+    EVAL_STEP_KEY,
     TrainingState,
     latest_state,
     needs_resharding,
@@ -174,6 +175,7 @@ def train_worker(payload: dict[str, Any]) -> None:
     stop_step = min(train_cfg.max_steps, train_cfg.halt_at_step or train_cfg.max_steps)
     window_start, window_steps = time.perf_counter(), 0
     last_eval: dict[str, float] = {}
+    last_eval_step = 0
     step = start_step
     for step in range(start_step + 1, stop_step + 1):
         batch = stream_indices(train_set.num_samples, position, global_batch, data_cfg.shuffle_seed)
@@ -210,10 +212,10 @@ def train_worker(payload: dict[str, Any]) -> None:
         if is_chief:
             log.log(step, metrics)
         if step % train_cfg.eval_interval == 0 or step == train_cfg.max_steps:
-            last_eval = run_eval(step)
+            last_eval, last_eval_step = run_eval(step), step
         at_interval = train_cfg.checkpoint_interval and step % train_cfg.checkpoint_interval == 0
         if at_interval or step == stop_step:
-            checkpoint(step, {"train/loss": loss, **last_eval})
+            checkpoint(step, {"train/loss": loss, **last_eval, EVAL_STEP_KEY: last_eval_step})
             window_start = time.perf_counter()  # do not bill checkpoint time to training throughput
 
     if step == start_step:  # nothing left to train: still hand the driver the final numbers

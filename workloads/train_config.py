@@ -40,6 +40,9 @@ class TrainConfig:
     keep_checkpoints: int = option(
         0, "keep only the newest N checkpoints (older ones go only after a newer one is committed); 0 = keep all"
     )
+    keep_best_checkpoint: bool = option(
+        True, "also keep the checkpoint with the lowest validation loss (of those taken at an eval step) as <run>/best_checkpoint"
+    )
     peak_flops_per_device: float = option(
         0.0, "dense peak FLOP/s of one device for MFU; 0 = look up the GPU model, or measure a matmul on CPU"
     )
