@@ -126,7 +126,8 @@ class PretrainConfig:
             "tokenizer": dataclasses.asdict(self.tokenizer),
             "train": {k: v for k, v in dataclasses.asdict(self.train).items() if k not in cadence},
             "deepspeed": dataclasses.asdict(self.deepspeed),
-            # Activation checkpointing recomputes the same numbers: it may be switched on a resume.
-            "parallel": {k: v for k, v in dataclasses.asdict(self.parallel).items() if k != "activation_checkpointing"},
+            # Activation checkpointing and compiled blocks compute the same numbers: either may be switched on a resume.
+            "parallel": {k: v for k, v in dataclasses.asdict(self.parallel).items()
+                         if k not in ("activation_checkpointing", "compile_blocks")},
         }
         return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]

@@ -115,6 +115,10 @@ def test_parallel_section_is_part_of_the_training_identity():
     assert one.training_identity() != two.training_identity()
     recomputing = parse_cli(["--config", "tiny", "--scaling.num_workers=2", "--parallel.activation_checkpointing=true"])
     assert recomputing.training_identity() == one.training_identity()  # same numbers: may change on a resume
+    compiled = parse_cli(["--config", "tiny", "--scaling.num_workers=2", "--parallel.compile_blocks=true"])
+    assert compiled.training_identity() == one.training_identity()
+    across_documents = parse_cli(["--config", "tiny", "--scaling.num_workers=2", "--model.attention_mask=causal"])
+    assert across_documents.training_identity() != one.training_identity()  # another loss curve
 
 
 # ---------------------------------------------------------------------------

@@ -25,6 +25,7 @@ VOCAB = 61
 # Three packed documents of lengths 5, 7 and 4.
 SEGMENTS = torch.tensor([[0] * 5 + [1] * 7 + [2] * 4] * 2)  # (B=2, T=16)
 DOC1 = slice(5, 12)
+TWO_DOCUMENTS = torch.tensor([[0] * 6 + [1] * 10] * 2)  # (B=2, T=16)
 
 
 def tiny(**overrides) -> ModelConfig:
@@ -100,6 +101,30 @@ def test_a_single_document_mask_matches_plain_causal_attention(position):
     model = tiny_model(position=position)
     x = tokens((2, 16))
     assert_same(model(x, segment_ids=torch.zeros_like(x)), model(x))
+
+
+@pytest.mark.parametrize("position", POSITION_KINDS)
+def test_causal_attention_mask_attends_across_documents(position):
+    x, y = tokens((2, 16)), tokens((2, 16), seed=2)
+    one_document = torch.zeros_like(x)
+    causal = tiny_model(position=position, attention_mask="causal")
+    document = tiny_model(position=position)  # the default, with the same weights
+    assert_same(causal(x, y, segment_ids=TWO_DOCUMENTS), document(x, y, segment_ids=one_document))
+    assert_differs(document(x, y, segment_ids=TWO_DOCUMENTS), document(x, y, segment_ids=one_document))
+
+
+@pytest.mark.parametrize("position", ["rope", "learned"])
+def test_causal_attention_mask_leaves_sdpa_unmasked(position):
+    # No mask reaches SDPA (it runs with is_causal), which is what lets it pick a flash kernel.
+    attn_bias, _ = tiny_model(position=position, attention_mask="causal").attention_inputs(TWO_DOCUMENTS, 16, torch.float32)
+    assert attn_bias is None
+
+
+def test_attention_mask_changes_no_weights_and_no_counts():
+    causal, document = tiny_model(attention_mask="causal"), tiny_model()
+    causal.load_state_dict(document.state_dict())  # strict: checkpoints load under either setting
+    assert count_parameters(causal.cfg) == count_parameters(document.cfg)
+    assert training_flops_per_token(causal.cfg, 16) == training_flops_per_token(document.cfg, 16)
 
 
 def test_alibi_slopes_follow_the_paper():
@@ -329,6 +354,7 @@ def test_defaults_are_valid():
         (dict(dropout=1.0), "dropout"),
         (dict(dropout=-0.1), "dropout"),
         (dict(init_std=-0.02), "init_std"),
+        (dict(attention_mask="none"), "attention_mask"),
     ],
 )
 def test_bad_values_name_the_field(overrides, field):

@@ -21,6 +21,9 @@ Positions are absolute within the packed sequence, also for packed documents:
 document boundaries only change the attention mask. RoPE and ALiBi depend on
 relative distance alone, so a document gives the same logits packed or alone;
 learned positions see a later document at its offset in the pack (as GPT-2 does).
+That mask is `attention_mask: document`, the default; `causal` ignores the segment
+ids and attends across boundaries, as GPT-2 and nanoGPT train, so SDPA runs
+without a mask and may pick flash kernels.
 
 FLOPs follow the PaLM/Chinchilla convention (see `training_flops_per_token`).
 """
@@ -39,6 +42,7 @@ from workloads.schema import option
 MLP_KINDS = ("swiglu", "gelu")
 NORM_KINDS = ("rmsnorm", "layernorm")
 POSITION_KINDS = ("rope", "learned", "alibi")
+ATTENTION_MASKS = ("document", "causal")
 
 # Layers that write into the residual stream: GPT-2 scales their init by 1/sqrt(2 * n_layers)
 # so that the residual stream's variance does not grow with depth.
@@ -64,6 +68,12 @@ class ModelConfig:
     dropout: float = option(0.0, "Dropout on embeddings, attention weights and residual branches.")
     init_std: float = option(0.02, "Std of the normal init of all weights; residual projections get init_std/sqrt(2*n_layers).")
     tie_embeddings: bool = option(True, "Share one weight between the token embedding and the output head.")
+    # Changes no parameter, buffer or FLOP count: checkpoints load under either setting.
+    attention_mask: str = option(
+        "document",
+        "Attention in packed samples: document (within a token's own document only: a (B,1,T,T) mask, no flash "
+        "kernels) | causal (across documents, as GPT-2 trains: segment ids ignored, flash-eligible without alibi).",
+    )
 
     @property
     def head_dim(self) -> int:
@@ -87,7 +97,8 @@ class ModelConfig:
         for name in ("vocab_size", "d_model", "n_layers", "n_heads", "max_seq_len"):
             _require_int(name, getattr(self, name), minimum=1)
         _require_int("ffn_hidden", self.ffn_hidden, minimum=0)
-        for name, allowed in (("mlp", MLP_KINDS), ("norm", NORM_KINDS), ("position", POSITION_KINDS)):
+        kinds = (("mlp", MLP_KINDS), ("norm", NORM_KINDS), ("position", POSITION_KINDS), ("attention_mask", ATTENTION_MASKS))
+        for name, allowed in kinds:
             if getattr(self, name) not in allowed:
                 raise UserInputError(f"model.{name}: {getattr(self, name)!r} is not one of {' | '.join(allowed)}")
         if self.d_model % self.n_heads:
@@ -191,16 +202,18 @@ class AttentionInputs(nn.Module):
     """Builds what every block needs from the segment ids alone, so that each
     pipeline stage can rebuild it: `(attn_bias, rope)`.
 
-    attn_bias is None (plain causal: SDPA's `is_causal`, which allows flash kernels),
-    a bool mask (B, 1, T, T) that is True where attention is allowed (causal AND same
-    document), or for ALiBi a float bias (B or 1, n_heads, T, T) with -inf where
-    attention is not allowed. rope is `(cos, sin)`, each (T, head_dim/2), or None.
+    attn_bias is None (plain causal: SDPA's `is_causal`, which allows flash kernels;
+    without segment ids or under `attention_mask: causal`), a bool mask (B, 1, T, T)
+    that is True where attention is allowed (causal AND same document), or for ALiBi
+    a float bias (B or 1, n_heads, T, T) with -inf where attention is not allowed.
+    rope is `(cos, sin)`, each (T, head_dim/2), or None.
     """
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.position = cfg.position
         self.max_seq_len = cfg.max_seq_len
+        self.per_document = cfg.attention_mask == "document"
         if cfg.position == "rope":
             inv_freq = cfg.rope_theta ** (-torch.arange(0, cfg.head_dim, 2, dtype=torch.float64) / cfg.head_dim)
             angles = torch.outer(torch.arange(cfg.max_seq_len, dtype=torch.float64), inv_freq)  # (max_seq_len, head_dim/2)
@@ -218,7 +231,7 @@ class AttentionInputs(nn.Module):
             rope = (self.cos[:seq_len].to(dtype), self.sin[:seq_len].to(dtype))
 
         allowed = None
-        if segment_ids is not None:
+        if segment_ids is not None and self.per_document:
             device = segment_ids.device
             causal = torch.ones(seq_len, seq_len, dtype=torch.bool, device=device).tril()  # (T, T)
             same_document = segment_ids[:, :, None] == segment_ids[:, None, :]  # (B, T, T)
@@ -377,8 +390,9 @@ class GPT(nn.Module):
     ) -> torch.Tensor:
         """Logits (B, T, V) when targets is None, else the loss (see `lm_loss`).
 
-        segment_ids (B, T) mark the documents of packed sequences: tokens attend
-        only to earlier tokens of the same document.
+        segment_ids (B, T) mark the documents of packed sequences: under
+        `attention_mask: document` tokens attend only to earlier tokens of the same
+        document; under `causal` the segment ids are ignored.
         """
         x = self.embed_tokens(input_ids)  # (B, T, d_model)
         attn_bias, rope = self.attention_inputs(segment_ids, input_ids.shape[1], x.dtype)

@@ -20,6 +20,7 @@ pipeline (one per data-parallel rank) trains on its own share of the global batc
 """
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
@@ -43,7 +44,7 @@ PARTITION_METHODS = ("parameters", "uniform")
 
 @dataclass
 class ParallelConfig:
-    """Model parallelism: pipeline stages and activation checkpointing."""
+    """Model parallelism and per-block transforms: pipeline stages, activation checkpointing, compile."""
 
     pipeline_stages: int = option(
         1, "pipeline stages the model is cut into; data-parallel degree = scaling.num_workers / pipeline_stages"
@@ -53,6 +54,9 @@ class ParallelConfig:
     )
     activation_checkpointing: bool = option(
         False, "recompute each block's activations in the backward pass instead of keeping them (less memory, more compute)"
+    )
+    compile_blocks: bool = option(
+        False, "compile each transformer block with torch.compile, after activation checkpointing (slower first steps)"
     )
 
     def validate(self, num_workers: int, zero_stage: int, n_layers: int) -> None:
@@ -75,7 +79,7 @@ class ParallelConfig:
 
 
 # ---------------------------------------------------------------------------
-# Activation checkpointing of the plain (non-pipeline) model
+# Block transforms of the plain (non-pipeline) model: activation checkpointing, then compile
 # ---------------------------------------------------------------------------
 
 def checkpoint_blocks(model: GPT) -> GPT:
@@ -85,8 +89,27 @@ def checkpoint_blocks(model: GPT) -> GPT:
     state dict, and so checkpoints, identical with and without activation checkpointing.
     """
     for block in model.blocks:
-        block.forward = partial(checkpoint, type(block).forward, block, use_reentrant=False)
+        block.forward = partial(_checkpointed_forward, block)
     return model
+
+
+def _checkpointed_forward(block: Block, *args) -> torch.Tensor:
+    # A frame of our own around `checkpoint`: torch.compile traces only frames outside torch,
+    # so a block whose forward was `partial(checkpoint, ...)` silently ran eagerly when compiled.
+    # From this frame dynamo captures the checkpoint as a recompute region of the block's graph.
+    return checkpoint(type(block).forward, block, *args, use_reentrant=False)
+
+
+def compile_blocks(blocks: Iterable[nn.Module]) -> None:
+    """Compile each block in place with `torch.compile`; parameter names stay as they are.
+
+    `Module.compile()` compiles the module's call instead of wrapping the module (as
+    `torch.compile(module)` does, adding `_orig_mod.` to every name), so state dicts and
+    checkpoints are the same compiled or not. Apply after `checkpoint_blocks`, so that
+    the compiled graph holds the recompute.
+    """
+    for block in blocks:
+        block.compile()
 
 
 # ---------------------------------------------------------------------------
@@ -220,6 +243,9 @@ def build_pipeline_module(cfg: ModelConfig, parallel: ParallelConfig, seed: int)
     )
     if parallel.activation_checkpointing:
         pipeline.set_checkpoint_interval(1)  # each block on its own
+    if parallel.compile_blocks:
+        # DeepSpeed checkpoints around the layers, so here compiled blocks run inside the recompute.
+        compile_blocks(layer for layer in pipeline.modules() if isinstance(layer, BlockStage))
     copy_gpt_weights(pipeline, reference)
     count_every_stage_in_grad_norm(pipeline)
     return pipeline

@@ -39,6 +39,7 @@ from workloads.pipeline import (
     ParallelConfig,
     build_pipeline_engine,
     checkpoint_blocks,
+    compile_blocks,
     data_parallel_coordinates,
     pipeline_evaluate,
     pipeline_train_step,
@@ -134,6 +135,8 @@ def train_worker(payload: dict[str, Any]) -> None:
         model = GPT(plan.model)
         if plan.parallel.activation_checkpointing:
             checkpoint_blocks(model)
+        if plan.parallel.compile_blocks:
+            compile_blocks(model.blocks)
         engine = build_engine(model, plan.deepspeed, train_cfg, world, on_gpu, universal_config() if reshard else None)
         dp_rank, dp_world = rank, world
         step_fn, evaluate_fn = train_step, evaluate
