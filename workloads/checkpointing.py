@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import ray.train
+import torch
 import torch.distributed as dist
 
 from workloads.errors import UserInputError
@@ -98,7 +99,9 @@ def restore(engine, saved: TrainingState, universal_root: Path, reshard: bool, r
             if rank == 0:
                 convert_to_universal(Path(directory) / saved.tag, target)
             dist.barrier()  # every rank loads only once rank 0's conversion is complete
+            built_settings = _built_group_settings(engine)
             load_path, _ = engine.load_checkpoint(str(universal_root), tag=saved.tag)
+            _repair_universal_load(engine, built_settings)
             dist.barrier()
             if rank == 0:
                 shutil.rmtree(universal_root, ignore_errors=True)
@@ -116,6 +119,40 @@ def convert_to_universal(source: Path, target: Path) -> None:
     )
     if done.returncode != 0:
         raise RuntimeError(f"universal checkpoint conversion of {source} failed:\n{done.stderr[-2000:]}")
+
+
+def _built_group_settings(engine) -> list[dict[str, Any]]:
+    """The optimizer's per-group hyperparameters as built from the config, all but the lr.
+
+    The lr is where the schedule stood: that one the checkpoint knows (and restores).
+    """
+    return [{key: value for key, value in group.items() if key not in ("params", "lr")}
+            for group in engine.optimizer.optimizer.param_groups]
+
+
+def _repair_universal_load(engine, built_settings: list[dict[str, Any]]) -> None:
+    """Undo what DeepSpeed's ZeRO-3 universal loader (0.19) gets wrong about the optimizer.
+
+    It copies the first param group's settings onto every group, so the norm gains, built
+    with weight decay 0, would be decayed from the first step after the resume; each group
+    gets its own settings back. ZeRO 1 and 2 load them right already: this changes nothing there.
+    """
+    optimizer = engine.optimizer.optimizer
+    for group, settings in zip(optimizer.param_groups, built_settings, strict=True):
+        group.update(settings)
+    _unshare_step_counters(optimizer)
+
+
+def _unshare_step_counters(optimizer) -> None:
+    """Give the state of every parameter partition its own step counter.
+
+    The ZeRO-3 loader puts one step tensor into the state of every sub-group and AdamW increments
+    it in place once per sub-group, so Adam's bias correction would run ahead by the number of
+    sub-groups with every step.
+    """
+    for state in optimizer.state.values():
+        if torch.is_tensor(state.get("step")):
+            state["step"] = state["step"].clone()
 
 
 def universal_config() -> dict[str, Any]:
