@@ -25,5 +25,9 @@ class BestCheckpointKeeper(UserCallback):
         best = read_best(self.run_dir)
         if math.isnan(loss) or (best is not None and best["eval_loss"] <= loss):
             return
-        target = promote(self.run_dir, Path(checkpoint.path), int(reported["step"]), loss)
+        try:
+            target = promote(self.run_dir, Path(checkpoint.path), int(reported["step"]), loss)
+        except OSError as e:  # keeping a spare copy must never stop training
+            print(f"pretrain: warning: could not keep the best checkpoint ({e}); training goes on", flush=True)
+            return
         print(f"pretrain: best checkpoint so far (validation loss {loss:.4f}) kept as {target}", flush=True)
