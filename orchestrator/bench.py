@@ -42,6 +42,7 @@ from orchestrator.bench_quality import NANOGPT_BPB, NANOGPT_FLOPS, run_quality
 from orchestrator.pretrain import parse_cli, pretrain
 from orchestrator.pretrain_config import PretrainConfig
 from workloads.errors import UserInputError
+from workloads.metrics_log import METRICS_FILE
 
 BENCH_CPUS = 2  # the machine this bench is calibrated for: one worker of 2 CPUs, 2 torch threads
 THROUGHPUT_RECIPE = "default"
@@ -135,9 +136,10 @@ def measure_tokenization(dataset_dir: Path) -> dict[str, Any]:
     from orchestrator.prepare import tokenize_documents
     from workloads.data.config import DataConfig
     from workloads.data.corpus import find_sources, read_corpus
+    from workloads.data.loader import load_manifest
     from workloads.tokenizer import Tokenizer
 
-    manifest = json.loads((dataset_dir / "manifest.json").read_text())
+    manifest = load_manifest(dataset_dir)
     data = DataConfig(**manifest["config"]["data"])
     documents = read_corpus(find_sources(data.corpus), data.text_field, data.max_doc_chars).documents
     if data.val_corpus:
@@ -330,7 +332,7 @@ def measure_throughput(dataset_dir: Path, workdir: Path, steps: int) -> dict[str
     started = time.perf_counter()
     pretrain(cfg)
     pretrain_wall = time.perf_counter() - started
-    full = steady_tokens_per_s(step_times_from_metrics(cfg.run.run_dir() / "metrics.jsonl"), tokens_step)
+    full = steady_tokens_per_s(step_times_from_metrics(cfg.run.run_dir() / METRICS_FILE), tokens_step)
     say(f"throughput: real path: {full:,.0f} tok/s")
     bare_ray = bare("in a Ray worker process", bare_loop_in_ray_worker)
     bare_after = bare("in this process, again", bare_loop)

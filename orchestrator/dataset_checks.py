@@ -5,23 +5,14 @@ written by the time they run.
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 from orchestrator.pretrain_config import PretrainConfig
-from workloads.data.loader import PackedDataset
+from workloads.data.loader import PackedDataset, load_manifest
 from workloads.data.shards import file_sha256
 from workloads.errors import UserInputError
 from workloads.tokenizer import Tokenizer
-
-
-def load_manifest(dataset_dir: Path) -> dict[str, Any]:
-    path = dataset_dir / "manifest.json"
-    try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as err:
-        raise UserInputError(f"{path}: unreadable dataset manifest ({err})") from None
 
 
 def check_tokenizer(cfg: PretrainConfig, dataset_dir: Path, manifest: dict[str, Any]) -> None:

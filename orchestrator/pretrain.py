@@ -18,6 +18,7 @@ from orchestrator.config import parse_tree, run_cli, to_dict
 from orchestrator.dataset_checks import check_dataset
 from orchestrator.pretrain_config import PretrainConfig
 from orchestrator.tracking import RunRecorder, resolve_tracking_uri
+from workloads.data.shards import MANIFEST_FILE
 
 SUMMARY = "Pretrain a GPT with DeepSpeed on Ray Train; prepares the corpus first when needed."
 
@@ -31,7 +32,7 @@ def resolve_dataset(cfg: PretrainConfig) -> Path:
     from orchestrator.prepare import prepare_dataset
 
     corpus = Path(cfg.data.corpus)
-    if corpus.is_dir() and (corpus / "manifest.json").exists():
+    if corpus.is_dir() and (corpus / MANIFEST_FILE).exists():
         return corpus.resolve()
     root = Path(cfg.data.dataset_dir) if cfg.data.dataset_dir else Path(cfg.run.output_dir) / "datasets"
     return prepare_dataset(cfg.data, cfg.tokenizer, root.resolve())

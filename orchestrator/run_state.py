@@ -13,7 +13,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from orchestrator import best_checkpoint
+from orchestrator.tracking import FORWARDED_OFFSET_FILE
 from workloads.errors import UserInputError
+from workloads.metrics_log import METRICS_FILE
 from workloads.sample_ledger import LEDGER_DIR
 
 STATE_FILE = "run.json"
@@ -50,7 +52,7 @@ def claim(run_dir: Path, identity: str, global_batch: int, fresh: bool, allow_ba
             shutil.rmtree(run_dir / directory, ignore_errors=True)
         best_checkpoint.forget(run_dir)
         (run_dir / STATE_FILE).unlink(missing_ok=True)
-        for record in ("metrics.jsonl", "metrics.forwarded"):
+        for record in (METRICS_FILE, FORWARDED_OFFSET_FILE):
             (run_dir / record).unlink(missing_ok=True)
         return None
     if previous is None:

@@ -20,6 +20,9 @@ from typing import Any, Callable
 
 import yaml
 
+from workloads.data.shards import MANIFEST_FILE, TOKENIZER_FILE
+from workloads.metrics_log import METRICS_FILE
+
 # An unreachable server must fail a call at once: this module retries on its own schedule.
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
@@ -74,7 +77,7 @@ class RunRecorder:
         self._config = config
         self._dataset_dir = dataset_dir
         self._manifest = manifest
-        self._metrics_path = run_dir / "metrics.jsonl"
+        self._metrics_path = run_dir / METRICS_FILE
         self._offset_path = run_dir / FORWARDED_OFFSET_FILE
         self._on_run_opened = on_run_opened
         self._retry_seconds = retry_seconds
@@ -174,8 +177,8 @@ class RunRecorder:
         from mlflow.data.sources import LocalArtifactDatasetSource
         from mlflow.entities import DatasetInput, InputTag
 
-        self.client.log_artifact(run_id, str(self._dataset_dir / "manifest.json"), "data")
-        self.client.log_artifact(run_id, str(self._dataset_dir / "tokenizer.model"), "tokenizer")
+        self.client.log_artifact(run_id, str(self._dataset_dir / MANIFEST_FILE), "data")
+        self.client.log_artifact(run_id, str(self._dataset_dir / TOKENIZER_FILE), "tokenizer")
         dataset = MetaDataset(
             LocalArtifactDatasetSource(str(self._dataset_dir)),
             name=self._dataset_dir.name,

@@ -1,7 +1,7 @@
 """Step metrics from rank 0, appended to `metrics.jsonl` in the run directory.
 
 The worker only writes this local record: the driver forwards it to MLflow
-(`orchestrator.metrics_forwarder`), so training never waits on, or dies of, the
+(`orchestrator.tracking.RunRecorder`), so training never waits on, or dies of, the
 tracking server, and nothing is lost while that server is away.
 """
 from __future__ import annotations
@@ -9,6 +9,8 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
+
+METRICS_FILE = "metrics.jsonl"  # in the run directory
 
 
 class MetricsLog:

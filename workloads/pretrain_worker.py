@@ -29,9 +29,10 @@ from workloads.checkpointing import (
 from workloads.data.config import DataConfig
 from workloads.data.loader import PackedDataset
 from workloads.data.order import rank_share, split_micro_batches, stream_indices
+from workloads.data.shards import TOKENIZER_FILE
 from workloads.engine import DeepSpeedConfig, build_engine
 from workloads.evaluation import eval_sample_indices, evaluate
-from workloads.metrics_log import MetricsLog
+from workloads.metrics_log import METRICS_FILE, MetricsLog
 from workloads.model import GPT, ModelConfig, training_flops_per_token
 from workloads.perf import device_peak_flops, mfu
 from workloads.sample_ledger import SampleLedger
@@ -114,7 +115,7 @@ def train_worker(payload: dict[str, Any]) -> None:
 
     train_set = PackedDataset(plan.dataset_dir, "train")
     val_set = PackedDataset(plan.dataset_dir, "val")
-    byte_lengths = torch.tensor(Tokenizer.load(Path(plan.dataset_dir) / "tokenizer.model").token_byte_lengths(), device=device)
+    byte_lengths = torch.tensor(Tokenizer.load(Path(plan.dataset_dir) / TOKENIZER_FILE).token_byte_lengths(), device=device)
     stages = plan.parallel.pipeline_stages
     pipelined = stages > 1
     global_batch = train_cfg.resolved_global_batch(world // stages)
@@ -148,7 +149,7 @@ def train_worker(payload: dict[str, Any]) -> None:
     reads_data = not pipelined or engine.is_first_stage()
     ledger = SampleLedger(plan.run_dir, rank, dp_rank, start_step) if reads_data else None
 
-    log = MetricsLog(Path(plan.run_dir) / "metrics.jsonl") if is_chief else None
+    log = MetricsLog(Path(plan.run_dir) / METRICS_FILE) if is_chief else None
     if is_chief:
         where = f"resumed from step {start_step}" if saved else "from scratch"
         layout = f" = {stages} pipeline stages x {dp_world} data-parallel" if pipelined else ""
