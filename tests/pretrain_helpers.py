@@ -9,7 +9,12 @@ import time
 import urllib.request
 from pathlib import Path
 
+import numpy as np
+
 from orchestrator.pretrain import parse_cli, pretrain
+from workloads.data.loader import PackedDataset
+from workloads.data.order import stream_indices
+from workloads.sample_ledger import final_history
 
 
 def ensure_local_ray() -> None:
@@ -27,6 +32,27 @@ def run_tiny(dataset: Path, output_dir: Path, tracking_uri: str, *overrides: str
          f"--tracking.uri={tracking_uri}", *overrides]
     )
     return pretrain(cfg)
+
+
+def launch_tiny(dataset: Path, output_dir: Path, tracking_uri: str, *overrides: str,
+                env: dict | None = None) -> subprocess.Popen:
+    """`python -m orchestrator.pretrain` on the tiny dataset, as a user runs it (it starts its own local Ray)."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "orchestrator.pretrain", "--config", "tiny", f"--data.corpus={dataset}",
+         f"--run.output_dir={output_dir}", f"--tracking.uri={tracking_uri}", *overrides],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+
+
+def check_sample_history(run_dir: Path, dataset: Path, steps: int) -> int:
+    """Assert that steps 1..steps of the history behind the final weights used the planned
+    sample stream from its start, each sample once and in order; returns how many samples."""
+    history = final_history(run_dir)
+    assert sorted(history) == list(range(1, steps + 1))
+    trained = np.concatenate([history[s] for s in range(1, steps + 1)])
+    planned = stream_indices(PackedDataset(dataset, "train").num_samples, 0, len(trained), seed=0)
+    assert np.array_equal(trained, planned), "samples lost, repeated or out of the planned order"
+    return len(trained)
 
 
 def step_metrics(run_dir: Path, key: str = "train/loss") -> dict[int, float]:

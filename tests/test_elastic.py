@@ -1,13 +1,9 @@
 """Resume on another worker count (ZeRO 1-3), with the data order and optimizer state intact."""
 from __future__ import annotations
 
-import numpy as np
 import pytest
 
-from pretrain_helpers import run_tiny, step_metrics
-from workloads.data.loader import PackedDataset
-from workloads.data.order import stream_indices
-from workloads.sample_ledger import final_history
+from pretrain_helpers import check_sample_history, run_tiny, step_metrics
 
 pytestmark = pytest.mark.slow
 
@@ -17,14 +13,6 @@ STEPS, HALT = 20, 10
 LR = "--train.lr=1e-3"
 LAYOUT = {1: ("--scaling.num_workers=1", "--train.grad_accum_steps=2"),
           2: ("--scaling.num_workers=2", "--train.grad_accum_steps=1")}  # global batch 8 either way
-
-
-def assert_every_planned_sample_once(run_dir, dataset, steps: int, global_batch: int) -> None:
-    history = final_history(run_dir)
-    assert sorted(history) == list(range(1, steps + 1))
-    trained = np.concatenate([history[s] for s in range(1, steps + 1)])
-    planned = stream_indices(PackedDataset(dataset, "train").num_samples, 0, steps * global_batch, seed=0)
-    assert np.array_equal(trained, planned), "samples lost, repeated or out of the planned order"
 
 
 # ZeRO 3 covers restore()'s repairs of DeepSpeed's ZeRO-3 universal loader (per-group optimizer
@@ -46,7 +34,7 @@ def test_resume_on_another_worker_count(stage, tiny_dataset, tmp_path, ray_local
         worst[(before, after)] = max(abs(losses[s] / reference[s] - 1) for s in range(HALT + 1, STEPS + 1))
         for step in range(HALT + 1, STEPS + 1):
             assert losses[step] == pytest.approx(reference[step], rel=1e-4), f"{before}->{after} workers, step {step}"
-        assert_every_planned_sample_once(run_dir, tiny_dataset, STEPS, global_batch=8)
+        assert check_sample_history(run_dir, tiny_dataset, STEPS) == STEPS * 8
         assert not (run_dir / "universal").exists()  # the converted copy is cleaned up after loading
     print(f"ZeRO {stage}: largest relative loss difference after the resume: {worst}")
 
@@ -56,8 +44,4 @@ def test_changing_the_global_batch_continues_from_the_samples_consumed(tiny_data
     run_tiny(tiny_dataset, tmp_path, uri, f"--train.halt_at_step={HALT}")  # global batch 8
     final = run_tiny(tiny_dataset, tmp_path, uri, "--train.grad_accum_steps=4", "--run.allow_global_batch_change=true")
     assert final["step"] == STEPS
-    history = final_history(tmp_path / "tiny")
-    trained = np.concatenate([history[s] for s in range(1, STEPS + 1)])
-    assert len(trained) == HALT * 8 + (STEPS - HALT) * 16
-    planned = stream_indices(PackedDataset(tiny_dataset, "train").num_samples, 0, len(trained), seed=0)
-    assert np.array_equal(trained, planned)
+    assert check_sample_history(tmp_path / "tiny", tiny_dataset, STEPS) == HALT * 8 + (STEPS - HALT) * 16

@@ -4,18 +4,13 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import psutil
 import pytest
 
-from pretrain_helpers import ensure_local_ray, run_tiny, step_metrics
-from workloads.data.loader import PackedDataset
-from workloads.data.order import stream_indices
-from workloads.sample_ledger import final_history
+from pretrain_helpers import check_sample_history, ensure_local_ray, launch_tiny, run_tiny, step_metrics
 
 pytestmark = pytest.mark.slow
 
@@ -34,12 +29,7 @@ def test_sigkilled_worker_is_replaced_and_the_curve_is_unchanged(tiny_dataset, t
 
     ray.shutdown()  # the job below starts its own Ray, as a user's would
     run_dir = tmp_path / "tiny"
-    job = subprocess.Popen(
-        [sys.executable, "-m", "orchestrator.pretrain", "--config", "tiny", f"--data.corpus={tiny_dataset}",
-         f"--run.output_dir={tmp_path}", f"--tracking.uri=sqlite:///{tmp_path / 'mlflow.db'}",
-         "--scaling.max_failures=2", *SETTINGS],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-    )
+    job = launch_tiny(tiny_dataset, tmp_path, f"sqlite:///{tmp_path / 'mlflow.db'}", "--scaling.max_failures=2", *SETTINGS)
     try:
         deadline = time.monotonic() + 300
         while not (run_dir / "metrics.jsonl").exists() or len(step_metrics(run_dir)) < 120:
@@ -59,8 +49,6 @@ def test_sigkilled_worker_is_replaced_and_the_curve_is_unchanged(tiny_dataset, t
     assert sorted(survived) == list(range(1, STEPS + 1))
     assert survived == straight  # every step's loss, the final one included, exactly as without the failure
 
-    history = final_history(run_dir)
-    trained = np.concatenate([history[s] for s in range(1, STEPS + 1)])
-    planned = stream_indices(PackedDataset(tiny_dataset, "train").num_samples, 0, STEPS * 8, seed=0)
-    assert np.array_equal(trained, planned)  # nothing lost or repeated in the history of the final weights
+    # Nothing lost or repeated in the history of the final weights.
+    assert check_sample_history(run_dir, tiny_dataset, STEPS) == STEPS * 8
     assert Path(run_dir / "samples").is_dir()

@@ -7,13 +7,12 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
-from pretrain_helpers import free_port, start_mlflow_server, step_metrics
+from pretrain_helpers import free_port, launch_tiny, start_mlflow_server, step_metrics
 
 pytestmark = pytest.mark.slow
 
@@ -21,12 +20,8 @@ STEPS = 600
 
 
 def launch(dataset: Path, output: Path, uri: str) -> subprocess.Popen:
-    return subprocess.Popen(
-        [sys.executable, "-m", "orchestrator.pretrain", "--config", "tiny", f"--data.corpus={dataset}",
-         f"--run.output_dir={output}", f"--tracking.uri={uri}", f"--train.max_steps={STEPS}",
-         "--train.eval_interval=300", "--train.checkpoint_interval=300", "--train.log_interval=50"],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-    )
+    return launch_tiny(dataset, output, uri, f"--train.max_steps={STEPS}", "--train.eval_interval=300",
+                       "--train.checkpoint_interval=300", "--train.log_interval=50")
 
 
 def wait_for_step(run_dir: Path, step: int, job: subprocess.Popen, timeout: float = 240) -> None:
