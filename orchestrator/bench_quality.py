@@ -59,9 +59,13 @@ def tokens_per_step(cfg: PretrainConfig) -> int:
     return cfg.train.resolved_global_batch(cfg.data_parallel_degree()) * cfg.data.seq_len
 
 
+def flops_per_step(cfg: PretrainConfig) -> int:
+    return training_flops_per_token(cfg.model, cfg.data.seq_len) * tokens_per_step(cfg)
+
+
 def steps_for_budget(cfg: PretrainConfig, flops: float) -> int:
     """The most optimizer steps whose training FLOPs stay within `flops`."""
-    per_step = training_flops_per_token(cfg.model, cfg.data.seq_len) * tokens_per_step(cfg)
+    per_step = flops_per_step(cfg)
     steps = int(flops // per_step)
     if steps < 1:
         raise UserInputError(f"--flops: {flops:.3g} FLOPs buy less than one step of this recipe ({per_step:.3g} FLOPs)")
@@ -69,7 +73,7 @@ def steps_for_budget(cfg: PretrainConfig, flops: float) -> int:
 
 
 def training_flops(cfg: PretrainConfig, steps: int) -> int:
-    return training_flops_per_token(cfg.model, cfg.data.seq_len) * tokens_per_step(cfg) * steps
+    return flops_per_step(cfg) * steps
 
 
 def run_quality(
