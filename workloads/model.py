@@ -58,6 +58,9 @@ class ModelConfig:
     d_model: int = option(256, "Width of the residual stream.")
     n_layers: int = option(4, "Number of transformer blocks.")
     n_heads: int = option(4, "Attention heads per block; must divide d_model.")
+    n_kv_heads: int = option(
+        0, "Key/value heads (grouped-query attention); must divide n_heads; 0 = n_heads (plain multi-head attention)."
+    )
     max_seq_len: int = option(1024, "Longest context the model accepts (sizes learned positions and RoPE tables).")
     mlp: str = option("swiglu", "Feed-forward kind: swiglu | gelu.")
     ffn_hidden: int = option(0, "Feed-forward hidden width; 0 = auto (gelu: 4*d_model, swiglu: 8/3*d_model up to a multiple of 64).")
@@ -80,6 +83,15 @@ class ModelConfig:
         return self.d_model // self.n_heads
 
     @property
+    def kv_heads(self) -> int:
+        return self.n_kv_heads or self.n_heads
+
+    @property
+    def qkv_width(self) -> int:
+        """Output width of the fused query/key/value projection: n_heads queries, kv_heads keys and values."""
+        return (self.n_heads + 2 * self.kv_heads) * self.head_dim
+
+    @property
     def resolved_ffn_hidden(self) -> int:
         """The feed-forward width actually built.
 
@@ -97,12 +109,15 @@ class ModelConfig:
         for name in ("vocab_size", "d_model", "n_layers", "n_heads", "max_seq_len"):
             _require_int(name, getattr(self, name), minimum=1)
         _require_int("ffn_hidden", self.ffn_hidden, minimum=0)
+        _require_int("n_kv_heads", self.n_kv_heads, minimum=0)
         kinds = (("mlp", MLP_KINDS), ("norm", NORM_KINDS), ("position", POSITION_KINDS), ("attention_mask", ATTENTION_MASKS))
         for name, allowed in kinds:
             if getattr(self, name) not in allowed:
                 raise UserInputError(f"model.{name}: {getattr(self, name)!r} is not one of {' | '.join(allowed)}")
         if self.d_model % self.n_heads:
             raise UserInputError(f"model.n_heads: {self.n_heads} does not divide model.d_model={self.d_model}")
+        if self.n_heads % self.kv_heads:
+            raise UserInputError(f"model.n_kv_heads: {self.n_kv_heads} does not divide model.n_heads={self.n_heads}")
         if self.position == "rope" and self.head_dim % 2:
             raise UserInputError(
                 f"model.position: rope rotates pairs of channels, but the head dim "
@@ -130,10 +145,14 @@ def _mlp_parameters(cfg: ModelConfig) -> int:
     return matrices * cfg.d_model * cfg.resolved_ffn_hidden
 
 
+def _attention_parameters(cfg: ModelConfig) -> int:
+    return cfg.d_model * cfg.qkv_width + cfg.d_model * cfg.d_model  # fused qkv + out-proj
+
+
 def count_parameters(cfg: ModelConfig) -> int:
     """Trainable parameters of `GPT(cfg)`; a tied embedding/head weight counts once."""
     d = cfg.d_model
-    per_block = 2 * d + 4 * d * d + _mlp_parameters(cfg)  # two norms, qkv + out-proj, mlp
+    per_block = 2 * d + _attention_parameters(cfg) + _mlp_parameters(cfg)  # two norms, attention, mlp
     total = cfg.vocab_size * d + cfg.n_layers * per_block + d  # + final norm
     if cfg.position == "learned":
         total += cfg.max_seq_len * d
@@ -149,8 +168,7 @@ def matmul_parameters(cfg: ModelConfig) -> int:
     matmul is real work). Embedding lookups, learned positions and norm weights
     cost no matmul and are left out.
     """
-    d = cfg.d_model
-    return cfg.n_layers * (4 * d * d + _mlp_parameters(cfg)) + cfg.vocab_size * d
+    return cfg.n_layers * (_attention_parameters(cfg) + _mlp_parameters(cfg)) + cfg.vocab_size * cfg.d_model
 
 
 def training_flops_per_token(cfg: ModelConfig, seq_len: int) -> int:
@@ -159,7 +177,7 @@ def training_flops_per_token(cfg: ModelConfig, seq_len: int) -> int:
     6 * N for the weight matmuls (2 forward, 4 backward per parameter) plus
     12 * n_layers * d_model * seq_len for attention scores and weighted values
     (2 matmuls * 2 FLOPs * 3 for forward+backward), with no halving for the
-    causal mask. Example: nanoGPT's CPU "baby GPT" (4 layers, 4 heads, width 128,
+    causal mask (grouped-query attention shares keys, not score FLOPs). Example: nanoGPT's CPU "baby GPT" (4 layers, 4 heads, width 128,
     block 64, vocab 65, GELU MLP) has N = 794,752 matmul parameters (nanoGPT prints
     0.80M, adding biases and norms), so 6*794,752 + 12*4*128*64 = 5,161,728 FLOPs
     per token.
@@ -191,10 +209,14 @@ def alibi_slopes(n_heads: int) -> list[float]:
 
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate channel pairs (i, i + head_dim/2) of x (B, T, H, head_dim) by position-dependent angles."""
+    """Rotate channel pairs (i, i + head_dim/2) of x (B, T, H, head_dim) by position-dependent angles.
+
+    cos and sin are (T, head_dim/2) when every row has the same positions (training), or
+    (B, T, head_dim/2) when each row has its own (decoding left-padded prompts).
+    """
     x1, x2 = x.chunk(2, dim=-1)  # (B, T, H, head_dim/2) each
-    cos = cos[:, None, :]  # (T, 1, head_dim/2): the same rotation for every head
-    sin = sin[:, None, :]
+    cos = cos.unsqueeze(-2)  # (..., T, 1, head_dim/2): the same rotation for every head
+    sin = sin.unsqueeze(-2)
     return torch.cat((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1)
 
 
@@ -247,6 +269,33 @@ class AttentionInputs(nn.Module):
             allowed = torch.ones(seq_len, seq_len, dtype=torch.bool, device=bias.device).tril()
         return bias.masked_fill(~allowed, float("-inf")), rope
 
+    def for_decoding(self, cache: "KVCache", query_positions: torch.Tensor, dtype: torch.dtype):
+        """`(attn_bias, rope)` for t new tokens appended to a KV cache that already holds `cache.length`.
+
+        query_positions (B, t) are each row's own positions (left padding does not count).
+        A query attends to earlier cache slots that hold real tokens, and to itself (so a
+        padding query, whose output is never used, still has one key and stays finite).
+        """
+        start, t = cache.length, query_positions.shape[1]
+        if start + t > self.max_seq_len:
+            raise ValueError(f"sequence length {start + t} exceeds model.max_seq_len={self.max_seq_len}")
+        device = query_positions.device
+        query_slots = torch.arange(start, start + t, device=device)  # (t,)
+        key_slots = torch.arange(start + t, device=device)  # (L,)
+        itself = key_slots[None, :] == query_slots[:, None]  # (t, L)
+        causal = key_slots[None, :] <= query_slots[:, None]  # (t, L)
+        real_keys = cache.valid[:, None, : start + t]  # (B, 1, L)
+        allowed = ((real_keys | itself) & causal)[:, None]  # (B, 1, t, L)
+        rope = None
+        if self.position == "rope":
+            rope = (self.cos[query_positions].to(dtype), self.sin[query_positions].to(dtype))  # (B, t, head_dim/2) each
+        if self.position != "alibi":
+            return allowed, rope
+        key_positions = cache.positions[:, : start + t]  # (B, L)
+        distance = key_positions[:, None, :] - query_positions[:, :, None]  # (B, t, L)
+        bias = (self.slopes[None, :, None, None] * distance[:, None]).to(dtype)  # (B, H, t, L)
+        return bias.masked_fill(~allowed, float("-inf")), rope
+
 
 # ---------------------------------------------------------------------------
 # Layers
@@ -267,28 +316,51 @@ class Embedding(nn.Module):
         self.positions = nn.Embedding(cfg.max_seq_len, cfg.d_model) if cfg.position == "learned" else None
         self.dropout = nn.Dropout(cfg.dropout)
 
-    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+    def forward(self, input_ids: torch.Tensor, positions: torch.Tensor | None = None) -> torch.Tensor:
+        """positions (B, T) are given when rows have their own (decoding); else 0..T-1 for every row."""
         x = self.tokens(input_ids)  # (B, T, d_model)
         if self.positions is not None:
-            x = x + self.positions(torch.arange(input_ids.shape[1], device=input_ids.device))  # + (T, d_model)
+            if positions is None:
+                positions = torch.arange(input_ids.shape[1], device=input_ids.device)
+            x = x + self.positions(positions)  # + (T or B x T, d_model)
         return self.dropout(x)
 
 
 class CausalSelfAttention(nn.Module):
+    """Multi-head (or grouped-query) self-attention with one fused q/k/v projection.
+
+    The projection's rows are all queries, then the keys, then the values; with
+    n_kv_heads < n_heads each key/value head serves n_heads / n_kv_heads query heads.
+    """
+
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.n_heads = cfg.n_heads
+        self.kv_heads = cfg.kv_heads
+        self.head_dim = cfg.head_dim
         self.dropout = cfg.dropout
-        self.qkv = nn.Linear(cfg.d_model, 3 * cfg.d_model, bias=False)
+        self.qkv = nn.Linear(cfg.d_model, cfg.qkv_width, bias=False)
         self.proj = nn.Linear(cfg.d_model, cfg.d_model, bias=False)
         self.resid_dropout = nn.Dropout(cfg.dropout)
 
-    def forward(self, x: torch.Tensor, attn_bias: torch.Tensor | None, rope) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, attn_bias: torch.Tensor | None, rope, cache_slot=None) -> torch.Tensor:
+        """cache_slot = (keys, values, start) of a KV cache: this call's keys and values are
+        written at `start` and the queries attend to all of the cache up to them."""
         B, T, C = x.shape
-        q, k, v = self.qkv(x).view(B, T, 3, self.n_heads, C // self.n_heads).unbind(2)  # (B, T, H, head_dim) each
+        hd = self.head_dim
+        q, k, v = self.qkv(x).split((self.n_heads * hd, self.kv_heads * hd, self.kv_heads * hd), dim=-1)
+        q, k, v = q.view(B, T, self.n_heads, hd), k.view(B, T, self.kv_heads, hd), v.view(B, T, self.kv_heads, hd)
         if rope is not None:
             q, k = apply_rope(q, *rope), apply_rope(k, *rope)
-        q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # (B, H, T, head_dim)
+        q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # (B, H or H_kv, T, head_dim)
+        if cache_slot is not None:
+            keys, values, start = cache_slot  # (B, H_kv, capacity, head_dim) each
+            keys[:, :, start : start + T] = k
+            values[:, :, start : start + T] = v
+            k, v = keys[:, :, : start + T], values[:, :, : start + T]  # (B, H_kv, L, head_dim)
+        if self.kv_heads != self.n_heads:
+            groups = self.n_heads // self.kv_heads
+            k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)  # (B, H, L, head_dim)
         y = F.scaled_dot_product_attention(
             q, k, v,
             attn_mask=attn_bias,
@@ -333,8 +405,8 @@ class Block(nn.Module):
         self.norm2 = make_norm(cfg)
         self.mlp = SwiGLU(cfg) if cfg.mlp == "swiglu" else GeluMLP(cfg)
 
-    def forward(self, x: torch.Tensor, attn_bias: torch.Tensor | None, rope) -> torch.Tensor:
-        x = x + self.attn(self.norm1(x), attn_bias, rope)
+    def forward(self, x: torch.Tensor, attn_bias: torch.Tensor | None, rope, cache_slot=None) -> torch.Tensor:
+        x = x + self.attn(self.norm1(x), attn_bias, rope, cache_slot)
         return x + self.mlp(self.norm2(x))  # (B, T, d_model)
 
 
@@ -403,50 +475,49 @@ class GPT(nn.Module):
             return logits
         return lm_loss(logits, targets, reduction)
 
-    @torch.no_grad()
-    def generate(
-        self,
-        input_ids: torch.Tensor,
-        max_new_tokens: int,
-        temperature: float = 1.0,
-        top_k: int | None = None,
-        top_p: float | None = None,
-        generator: torch.Generator | None = None,
-    ) -> torch.Tensor:
-        """Append max_new_tokens sampled tokens to input_ids (B, T); returns (B, T + max_new_tokens).
+    def decode(self, input_ids: torch.Tensor, cache: "KVCache", valid: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits (B, t, V) of t new tokens per row, appended to `cache` (inference).
 
-        The context is cropped to the last max_seq_len tokens. temperature 0 is greedy;
-        top_k keeps the k most likely tokens, top_p the smallest set whose probability
-        reaches top_p (nucleus). There is no KV cache: each step reruns the context.
-        Dropout follows the module's mode, so call `.eval()` first when dropout > 0.
+        valid (B, t) is False at left padding: padding takes no position and no token
+        attends to it, so a padded row gives exactly what it gives alone. Call once with
+        the prompts (prefill), then with one token per row at a time.
         """
-        if temperature < 0:
-            raise ValueError(f"temperature must be >= 0, got {temperature}")
-        if top_p is not None and not 0.0 < top_p <= 1.0:
-            raise ValueError(f"top_p must be in (0, 1], got {top_p}")
-        for _ in range(max_new_tokens):
-            logits = self(input_ids[:, -self.cfg.max_seq_len:])[:, -1, :]  # (B, V)
-            if temperature == 0:
-                next_token = logits.argmax(dim=-1, keepdim=True)  # (B, 1)
-            else:
-                logits = logits / temperature
-                if top_k is not None:
-                    kth_best = torch.topk(logits, min(top_k, logits.shape[-1])).values[:, -1:]  # (B, 1)
-                    logits = logits.masked_fill(logits < kth_best, float("-inf"))
-                if top_p is not None:
-                    logits = _nucleus_filter(logits, top_p)
-                probs = F.softmax(logits, dim=-1)
-                next_token = torch.multinomial(probs, num_samples=1, generator=generator)  # (B, 1)
-            input_ids = torch.cat((input_ids, next_token), dim=1)
-        return input_ids
+        if valid is None:
+            valid = torch.ones_like(input_ids, dtype=torch.bool)
+        positions = cache.claim(valid)  # (B, t)
+        x = self.embed(input_ids, positions)  # (B, t, d_model)
+        attn_bias, rope = self.attention_inputs.for_decoding(cache, positions, x.dtype)
+        for index, block in enumerate(self.blocks):
+            x = block(x, attn_bias, rope, (cache.keys[index], cache.values[index], cache.length))
+        cache.length += input_ids.shape[1]
+        return self.head(x)  # (B, t, V)
 
 
-def _nucleus_filter(logits: torch.Tensor, top_p: float) -> torch.Tensor:
-    """Mask all but the most likely tokens whose total probability first reaches top_p."""
-    sorted_logits, order = logits.sort(dim=-1, descending=True)  # (B, V)
-    probs = F.softmax(sorted_logits, dim=-1)
-    # A token is dropped when the tokens ranked above it already reach top_p,
-    # so the most likely token always stays.
-    drop_sorted = probs.cumsum(dim=-1) - probs >= top_p
-    drop = drop_sorted.scatter(-1, order, drop_sorted)  # back to vocabulary order
-    return logits.masked_fill(drop, float("-inf"))
+class KVCache:
+    """Keys and values of every layer for a batch being decoded, with each slot's position.
+
+    Preallocated for `capacity` tokens per row; `GPT.decode` fills it left to right.
+    """
+
+    def __init__(self, cfg: ModelConfig, batch: int, capacity: int, device, dtype: torch.dtype = torch.float32):
+        shape = (batch, cfg.kv_heads, capacity, cfg.head_dim)
+        self.keys = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(cfg.n_layers)]
+        self.values = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(cfg.n_layers)]
+        self.positions = torch.zeros(batch, capacity, dtype=torch.long, device=device)  # (B, capacity)
+        self.valid = torch.zeros(batch, capacity, dtype=torch.bool, device=device)  # False: empty or padding
+        self.length = 0
+
+    def claim(self, valid: torch.Tensor) -> torch.Tensor:
+        """Record the next t slots' validity (B, t); returns their positions (B, t).
+
+        A row's position counts its real tokens only; padding gets the next real
+        token's position (it is never attended to, so that position is never used).
+        """
+        start, t = self.length, valid.shape[1]
+        if start + t > self.valid.shape[1]:
+            raise ValueError(f"KV cache of {self.valid.shape[1]} tokens cannot take {start + t}")
+        seen = self.valid[:, :start].sum(dim=1, keepdim=True)  # (B, 1)
+        positions = seen + valid.cumsum(dim=1) - valid.long()  # (B, t)
+        self.valid[:, start : start + t] = valid
+        self.positions[:, start : start + t] = positions
+        return positions
