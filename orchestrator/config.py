@@ -175,10 +175,14 @@ def help_text(tree_cls: type, prog: str, summary: str) -> str:
     return "\n".join(lines)
 
 
-def parse_tree(tree_cls: type[T], argv: list[str] | None, prog: str, summary: str, default_recipe: str) -> T:
+def parse_tree(
+    tree_cls: type[T], argv: list[str] | None, prog: str, summary: str, default_recipe: str, resolve=None
+) -> T:
     """The whole command line: --help, --config, overrides, --print-config.
 
-    Returns a validated tree (the tree's `validate()` is called).
+    `resolve(tree)`, when given, fills in what the tree's own values imply (e.g. a model
+    shape read from `model.init_from`) before validation and printing. Returns a
+    validated tree (the tree's `validate()` is called).
     """
     args = list(sys.argv[1:] if argv is None else argv)
     if "-h" in args or "--help" in args:
@@ -204,6 +208,8 @@ def parse_tree(tree_cls: type[T], argv: list[str] | None, prog: str, summary: st
     overrides = parse_overrides(rest)
     values = merge_overrides(load_yaml(recipe_path(recipe)), overrides)
     tree = build_tree(tree_cls, values, text_keys=set(overrides))
+    if resolve is not None:
+        resolve(tree)
     tree.validate()
     if print_config:
         print(yaml.safe_dump(to_dict(tree), sort_keys=False), end="")

@@ -24,7 +24,26 @@ SUMMARY = "Pretrain a GPT with DeepSpeed on Ray Train; prepares the corpus first
 
 
 def parse_cli(argv: list[str] | None, prog: str = "orchestrator.pretrain") -> PretrainConfig:
-    return parse_tree(PretrainConfig, argv, prog, SUMMARY, default_recipe="default")
+    return parse_tree(PretrainConfig, argv, prog, SUMMARY, default_recipe="default", resolve=resolve_model_source)
+
+
+def resolve_model_source(cfg: PretrainConfig) -> None:
+    """With `model.init_from=hf:DIR`, the model's shape and the tokenizer come from DIR.
+
+    The shape fields of the recipe give way to the checkpoint's config.json; how the
+    model is trained (attention_mask, dropout) stays as configured. The directory is
+    made absolute, since workers may run elsewhere.
+    """
+    if not cfg.model.init_from.startswith("hf:"):
+        return
+    from workloads.hf_interop import hf_tokenizer_path, read_hf_model_config
+
+    hf_dir = Path(cfg.model.init_from.removeprefix("hf:")).resolve()
+    imported = read_hf_model_config(hf_dir)
+    cfg.model = dataclasses.replace(
+        imported, init_from=f"hf:{hf_dir}", attention_mask=cfg.model.attention_mask, dropout=cfg.model.dropout
+    )
+    cfg.tokenizer.model_path = str(hf_tokenizer_path(hf_dir))
 
 
 def resolve_dataset(cfg: PretrainConfig) -> Path:

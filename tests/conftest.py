@@ -51,3 +51,23 @@ def tiny_dataset(small_corpus, tmp_path_factory) -> Path:
     ensure_local_ray()
     cfg = parse_cli(["--config", "tiny", f"--data.corpus={small_corpus}"])
     return prepare_dataset(cfg.data, cfg.tokenizer, tmp_path_factory.mktemp("datasets"))
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tiny_dataset, tmp_path_factory) -> dict:
+    """One real tiny pretrain run (20 steps, MLflow in its own sqlite store), shared by every
+    test that starts from a trained checkpoint: {"run_dir", "checkpoint", "final", "tracking_uri"}."""
+    from pretrain_helpers import run_tiny
+
+    ensure_local_ray()
+    root = tmp_path_factory.mktemp("tiny-run")
+    tracking_uri = f"sqlite:///{root / 'mlflow.db'}"
+    final = run_tiny(tiny_dataset, root / "runs", tracking_uri, "--run.name=shared")
+    return {"run_dir": root / "runs" / "shared", "checkpoint": Path(final["checkpoint"]), "final": final,
+            "tracking_uri": tracking_uri}
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tiny_run) -> Path:
+    """The final checkpoint directory of the shared tiny run."""
+    return tiny_run["checkpoint"]

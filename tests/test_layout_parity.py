@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import socket
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -17,9 +18,11 @@ import torch
 
 from orchestrator.pretrain import parse_cli
 from pretrain_helpers import ensure_local_ray, run_tiny, step_metrics
+from workloads.checkpoint_loading import load_checkpoint
+from workloads.data.loader import PackedDataset
 from workloads.engine import DeepSpeedConfig, build_engine
 from workloads.errors import UserInputError
-from workloads.evaluation import evaluate
+from workloads.evaluation import eval_sample_indices, evaluate
 from workloads.model import GPT, ModelConfig
 from workloads.pipeline import (
     ParallelConfig,
@@ -348,3 +351,34 @@ def test_pipeline_resume_continues_the_same_loss_curve(curves, tiny_dataset, lay
     assert sorted(resumed) == list(range(1, STEPS + 1))
     for step in range(8, STEPS + 1):
         assert resumed[step] == pytest.approx(straight[step], rel=1e-6, abs=0), f"step {step}"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("layout", DATA_PARALLEL + PIPELINED, ids=lambda layout: layout.name)
+def test_every_layouts_checkpoint_loads_as_a_plain_model_that_scores_what_training_reported(
+    curves, layout, layout_runs, tiny_dataset
+):
+    """The run directory names its latest registered checkpoint; loading it needs neither Ray nor an engine.
+
+    The plain model in one process scores the validation samples exactly as training's
+    1, 2 or 4 workers did: the evaluation set does not depend on the world size.
+    """
+    _, _, final = curves[layout]
+    loaded = load_checkpoint(layout_runs / layout.name)
+    assert loaded.checkpoint == Path(final["checkpoint"]).resolve()
+    assert loaded.step == STEPS and not loaded.model.training
+    val = PackedDataset(tiny_dataset, "val")
+    byte_lengths = torch.tensor(loaded.tokenizer.token_byte_lengths())
+    indices = eval_sample_indices(val.num_samples, EVAL_SAMPLES, rank=0, world=1)
+    metrics = evaluate(loaded.model, val, indices, 4, byte_lengths, torch.device("cpu"))
+    assert metrics["eval/loss"] == pytest.approx(final["eval/loss"], rel=1e-6)
+    assert metrics["eval/bpb"] == pytest.approx(final["eval/bpb"], rel=1e-6)
+
+
+@pytest.mark.slow
+def test_the_best_checkpoint_link_loads_the_best_steps_weights(curves, layout_runs):
+    run_dir = layout_runs / REFERENCE.name
+    best = load_checkpoint(run_dir / "best_checkpoint")
+    best_step = min(curves[REFERENCE][1].items(), key=lambda item: item[1])[0]
+    assert best.step == best_step
+    assert best.checkpoint == (run_dir / "best_checkpoint").resolve()

@@ -51,12 +51,21 @@ class TrainingState:
         return f"step{self.step:08d}"
 
 
-def save_and_report(engine, state: TrainingState, metrics: dict[str, float], is_chief: bool) -> None:
+def save_and_report(
+    engine, state: TrainingState, metrics: dict[str, float], is_chief: bool, description: dict[str, bytes]
+) -> None:
+    """Save this rank's DeepSpeed files and hand them to Ray Train.
+
+    `description` ({file name: content}) is written by the chief beside the weights:
+    the files that make the checkpoint self-describing (model config, tokenizer).
+    """
     staging = Path(tempfile.mkdtemp(prefix=f"ckpt-{state.tag}-"))
     try:
         engine.save_checkpoint(str(staging), tag=state.tag)
         if is_chief:
             (staging / MARKER_FILE).write_text(json.dumps(dataclasses.asdict(state)))
+            for name, content in description.items():
+                (staging / name).write_bytes(content)
         ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(str(staging)))
     finally:
         shutil.rmtree(staging, ignore_errors=True)

@@ -43,6 +43,7 @@ MLP_KINDS = ("swiglu", "gelu")
 NORM_KINDS = ("rmsnorm", "layernorm")
 POSITION_KINDS = ("rope", "learned", "alibi")
 ATTENTION_MASKS = ("document", "causal")
+INIT_SOURCES = ("hf:",)
 
 # Layers that write into the residual stream: GPT-2 scales their init by 1/sqrt(2 * n_layers)
 # so that the residual stream's variance does not grow with depth.
@@ -71,6 +72,10 @@ class ModelConfig:
     dropout: float = option(0.0, "Dropout on embeddings, attention weights and residual branches.")
     init_std: float = option(0.02, "Std of the normal init of all weights; residual projections get init_std/sqrt(2*n_layers).")
     tie_embeddings: bool = option(True, "Share one weight between the token embedding and the output head.")
+    init_from: str = option(
+        "", "Start from existing weights instead of a random init: hf:DIR (a Hugging Face Llama-architecture "
+        "checkpoint on disk; its config.json sets the shape, its tokenizer.model the tokenizer)."
+    )
     # Changes no parameter, buffer or FLOP count: checkpoints load under either setting.
     attention_mask: str = option(
         "document",
@@ -123,6 +128,8 @@ class ModelConfig:
                 f"model.position: rope rotates pairs of channels, but the head dim "
                 f"model.d_model/model.n_heads = {self.d_model}/{self.n_heads} = {self.head_dim} is odd"
             )
+        if self.init_from and not self.init_from.startswith(INIT_SOURCES):
+            raise UserInputError(f"model.init_from: {self.init_from!r} must start with {' or '.join(INIT_SOURCES)}")
         for name in ("rope_theta", "norm_eps", "init_std"):
             if not getattr(self, name) > 0:
                 raise UserInputError(f"model.{name}: {getattr(self, name)} must be > 0")

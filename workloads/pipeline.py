@@ -34,7 +34,8 @@ from torch.utils.checkpoint import checkpoint
 
 from workloads.engine import DeepSpeedConfig, build_engine
 from workloads.errors import UserInputError
-from workloads.evaluation import eval_metrics
+from workloads.evaluation import count_targets, eval_batch, eval_metrics
+from workloads.initialization import initial_model
 from workloads.model import GPT, AttentionInputs, Block, Embedding, ModelConfig, lm_loss, make_norm
 from workloads.schema import option
 from workloads.train_config import TrainConfig
@@ -213,6 +214,20 @@ def pipeline_layers(cfg: ModelConfig) -> list:
     return [first, *blocks, LayerSpec(FinalNormStage, cfg), last]
 
 
+def gpt_prefix_of_layer(cfg: ModelConfig, index: int) -> str | None:
+    """Where pipeline layer `index` (of `pipeline_layers`) keeps its weights in GPT's state dict.
+
+    None for the last stage's copy of a tied embedding, which is the first layer's weight again.
+    """
+    if index == 0:
+        return EmbeddingStage.gpt_prefix
+    if index <= cfg.n_layers:
+        return f"blocks.{index - 1}."
+    if index == cfg.n_layers + 1:
+        return FinalNormStage.gpt_prefix
+    return None if cfg.tie_embeddings else HeadStage.gpt_prefix
+
+
 def copy_gpt_weights(pipeline: nn.Module, gpt: GPT) -> None:
     """Load this rank's stage layers (and its tied copies) from a whole GPT's weights."""
     source = gpt.state_dict()
@@ -230,8 +245,7 @@ def build_pipeline_module(cfg: ModelConfig, parallel: ParallelConfig, seed: int)
     """
     from deepspeed.pipe import PipelineModule
 
-    torch.manual_seed(seed)
-    reference = GPT(cfg)  # the plain model's initialisation, drawn in the same order
+    reference = initial_model(cfg, seed)  # the plain model's initialisation, drawn in the same order
     pipeline = PipelineModule(
         layers=pipeline_layers(cfg),
         num_stages=parallel.pipeline_stages,
@@ -326,10 +340,9 @@ def pipeline_evaluate(engine, dataset, indices: np.ndarray, micro_batch_size: in
 
     def counted(micro_batches: list[np.ndarray]):
         for part in micro_batches:
-            inputs, targets = _pipe_micro_batch(dataset, part)
-            totals[1] += targets.numel()
-            totals[2] += byte_lengths[targets.to(device)].sum().double()
-            yield inputs, targets
+            inputs, segments, targets = eval_batch(dataset, part)
+            totals[1:] += torch.stack(count_targets(targets.to(device), byte_lengths))
+            yield (inputs, segments), targets
 
     full = len(indices) // micro_batch_size * micro_batch_size
     # Full micro-batches run as one pipelined batch; a smaller remainder runs on its own,

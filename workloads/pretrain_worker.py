@@ -26,6 +26,7 @@ from workloads.checkpointing import (
     save_and_report,
     universal_config,
 )
+from workloads.checkpoint_loading import describe_checkpoint
 from workloads.data.config import DataConfig
 from workloads.data.loader import PackedDataset
 from workloads.data.order import rank_share, split_micro_batches, stream_indices
@@ -33,7 +34,8 @@ from workloads.data.shards import TOKENIZER_FILE
 from workloads.engine import DeepSpeedConfig, build_engine
 from workloads.evaluation import eval_sample_indices, evaluate
 from workloads.metrics_log import METRICS_FILE, MetricsLog
-from workloads.model import GPT, ModelConfig, training_flops_per_token
+from workloads.initialization import initial_model
+from workloads.model import ModelConfig, training_flops_per_token
 from workloads.perf import device_peak_flops, mfu
 from workloads.sample_ledger import SampleLedger
 from workloads.pipeline import (
@@ -115,7 +117,10 @@ def train_worker(payload: dict[str, Any]) -> None:
 
     train_set = PackedDataset(plan.dataset_dir, "train")
     val_set = PackedDataset(plan.dataset_dir, "val")
-    byte_lengths = torch.tensor(Tokenizer.load(Path(plan.dataset_dir) / TOKENIZER_FILE).token_byte_lengths(), device=device)
+    tokenizer = Tokenizer.load(Path(plan.dataset_dir) / TOKENIZER_FILE)
+    byte_lengths = torch.tensor(tokenizer.token_byte_lengths(), device=device)
+    # Written into every checkpoint, so that loading one needs nothing but its path.
+    description = describe_checkpoint(plan.model, tokenizer, plan.dataset_dir, train_cfg) if is_chief else {}
     stages = plan.parallel.pipeline_stages
     pipelined = stages > 1
     global_batch = train_cfg.resolved_global_batch(world // stages)
@@ -132,8 +137,7 @@ def train_worker(payload: dict[str, Any]) -> None:
         dp_rank, dp_world = data_parallel_coordinates(engine)
         step_fn, evaluate_fn = pipeline_train_step, pipeline_evaluate
     else:
-        torch.manual_seed(train_cfg.seed)  # identical initial weights on every rank and every layout
-        model = GPT(plan.model)
+        model = initial_model(plan.model, train_cfg.seed)  # identical initial weights on every rank and every layout
         if plan.parallel.activation_checkpointing:
             checkpoint_blocks(model)
         if plan.parallel.compile_blocks:
@@ -174,7 +178,7 @@ def train_worker(payload: dict[str, Any]) -> None:
 
     def checkpoint(step: int, metrics: dict[str, float]) -> None:
         state = TrainingState(step, position, global_batch, dp_world, stages, plan.deepspeed.zero_stage)
-        save_and_report(engine, state, {"step": step, **metrics}, is_chief)
+        save_and_report(engine, state, {"step": step, **metrics}, is_chief, description)
 
     stop_step = min(train_cfg.max_steps, train_cfg.halt_at_step or train_cfg.max_steps)
     window_start, window_steps = time.perf_counter(), 0

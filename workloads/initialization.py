@@ -1,0 +1,17 @@
+"""The weights training starts from: a seeded random init, or those `model.init_from` names."""
+from __future__ import annotations
+
+import torch
+
+from workloads.model import GPT, ModelConfig
+
+
+def initial_model(cfg: ModelConfig, seed: int) -> GPT:
+    """GPT(cfg) as every layout starts it (the same weights on every rank and every layout)."""
+    torch.manual_seed(seed)
+    model = GPT(cfg)
+    if cfg.init_from.startswith("hf:"):
+        from workloads.hf_interop import load_hf_weights
+
+        load_hf_weights(model, cfg.init_from.removeprefix("hf:"))
+    return model
