@@ -3,7 +3,8 @@
 The same command runs on a laptop (it starts a local Ray and trains on the
 embedded default corpus) and on a GPU cluster (`ray job submit -- python -m
 orchestrator.pretrain --config gpt-350m-gpu ...`). The driver only builds configs
-and launches; the training itself is `workloads.pretrain_worker.train_worker`.
+and launches; the training itself is `workloads.loop.train_worker` running
+`workloads.stages.pretrain.PretrainStage`.
 """
 from __future__ import annotations
 
@@ -74,7 +75,7 @@ def build_trainer(cfg: PretrainConfig, payload: dict[str, Any], run_dir: Path):
     from ray.train.torch import TorchConfig, TorchTrainer
 
     from orchestrator.train_callbacks import BestCheckpointKeeper
-    from workloads.pretrain_worker import train_worker
+    from workloads.loop import train_worker
 
     resources = {"CPU": cfg.scaling.cpus_per_worker}
     if cfg.scaling.use_gpu:
@@ -132,7 +133,10 @@ def pretrain(cfg: PretrainConfig) -> dict[str, Any]:
     print(f"pretrain: run '{cfg.run.name}' in {run_dir} | MLflow run {recorder.run_id or '(pending)'} at {tracking_uri}")
 
     payload = {
-        **{name: dataclasses.asdict(getattr(cfg, name)) for name in ("model", "data", "train", "deepspeed", "parallel")},
+        "stage": "pretrain",
+        **{name: dataclasses.asdict(getattr(cfg, name)) for name in ("model", "train", "deepspeed", "parallel")},
+        "shuffle_seed": cfg.data.shuffle_seed,
+        "options": {},
         "dataset_dir": str(dataset_dir),
         "run_dir": str(run_dir),
         "threads_per_worker": max(1, int(cfg.scaling.cpus_per_worker)),

@@ -32,7 +32,7 @@ from workloads.pipeline import (
     pipeline_evaluate,
     pipeline_train_step,
 )
-from workloads.pretrain_worker import train_step
+from workloads.stages.pretrain import train_step
 from workloads.train_config import TrainConfig
 
 STEPS = 20

@@ -426,6 +426,14 @@ def lm_loss(logits: torch.Tensor, targets: torch.Tensor, reduction: str = "mean"
     return F.cross_entropy(logits.view(-1, logits.shape[-1]), targets.reshape(-1), reduction=reduction)
 
 
+def token_logprobs(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """log p(target) at every position (B, T), in fp32; 0 where the target is -100 (not scored)."""
+    scored = targets != -100
+    logprobs = torch.log_softmax(logits.float(), dim=-1)  # (B, T, V)
+    picked = logprobs.gather(-1, targets.clamp(min=0).unsqueeze(-1)).squeeze(-1)  # (B, T)
+    return picked * scored
+
+
 # ---------------------------------------------------------------------------
 # The model
 # ---------------------------------------------------------------------------
@@ -460,6 +468,14 @@ class GPT(nn.Module):
         """Last pipeline stage: (B, T, d_model) -> logits (B, T, vocab_size)."""
         return self.lm_head(self.final_norm(x))
 
+    def hidden_states(self, input_ids: torch.Tensor, segment_ids: torch.Tensor | None = None) -> torch.Tensor:
+        """The last block's output, normalised: (B, T, d_model), what the output head (or a scalar head) reads."""
+        x = self.embed_tokens(input_ids)  # (B, T, d_model)
+        attn_bias, rope = self.attention_inputs(segment_ids, input_ids.shape[1], x.dtype)
+        for block in self.blocks:
+            x = block(x, attn_bias, rope)
+        return self.final_norm(x)
+
     def forward(
         self,
         input_ids: torch.Tensor,
@@ -473,11 +489,7 @@ class GPT(nn.Module):
         `attention_mask: document` tokens attend only to earlier tokens of the same
         document; under `causal` the segment ids are ignored.
         """
-        x = self.embed_tokens(input_ids)  # (B, T, d_model)
-        attn_bias, rope = self.attention_inputs(segment_ids, input_ids.shape[1], x.dtype)
-        for block in self.blocks:
-            x = block(x, attn_bias, rope)
-        logits = self.head(x)  # (B, T, V)
+        logits = self.lm_head(self.hidden_states(input_ids, segment_ids))  # (B, T, V)
         if targets is None:
             return logits
         return lm_loss(logits, targets, reduction)
@@ -498,6 +510,30 @@ class GPT(nn.Module):
             x = block(x, attn_bias, rope, (cache.keys[index], cache.values[index], cache.length))
         cache.length += input_ids.shape[1]
         return self.head(x)  # (B, t, V)
+
+
+class ScalarHeadModel(nn.Module):
+    """A GPT backbone read by a linear head that gives one number per sequence (a reward model, a critic).
+
+    The number is read at each row's last token (`last_index`, (B,)): under causal
+    attention that token has seen the whole sequence, and padding after it changes nothing.
+    """
+
+    def __init__(self, backbone: GPT):
+        super().__init__()
+        self.backbone = backbone
+        self.score = nn.Linear(backbone.cfg.d_model, 1)
+        nn.init.normal_(self.score.weight, 0.0, backbone.cfg.init_std)
+        nn.init.zeros_(self.score.bias)
+
+    @property
+    def cfg(self) -> ModelConfig:
+        return self.backbone.cfg
+
+    def forward(self, input_ids: torch.Tensor, last_index: torch.Tensor) -> torch.Tensor:
+        hidden = self.backbone.hidden_states(input_ids)  # (B, T, d_model)
+        last = hidden[torch.arange(len(input_ids), device=input_ids.device), last_index]  # (B, d_model)
+        return self.score(last).squeeze(-1).float()  # (B,)
 
 
 class KVCache:

@@ -1,0 +1,155 @@
+"""The one training loop every stage runs inside each Ray Train worker.
+
+The driver passes plain dicts (one per config section plus resolved paths and the
+stage's name); the stage (`workloads.stages`) supplies data, model, loss and
+metrics. This loop builds the DeepSpeed engine through the stage, restores the
+latest checkpoint if Ray has one (resharding it for another worker count), walks
+the global sample stream, and reports progress, evaluations and checkpoints.
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import ray.train
+import torch
+import torch.distributed as dist
+
+from workloads.checkpointing import (
+    EVAL_STEP_KEY,
+    TrainingState,
+    latest_state,
+    needs_resharding,
+    restore,
+    save_and_report,
+    universal_config,
+)
+from workloads.data.order import rank_share, split_micro_batches, stream_indices
+from workloads.metrics_log import METRICS_FILE, MetricsLog
+from workloads.perf import device_peak_flops, mfu
+from workloads.sample_ledger import SampleLedger
+from workloads.stages import make_stage
+from workloads.stages.base import WorkerPlan
+
+
+def format_duration(seconds: float) -> str:
+    seconds = int(max(0, seconds))
+    hours, rest = divmod(seconds, 3600)
+    minutes, secs = divmod(rest, 60)
+    return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s"
+
+
+def global_means(values: dict[str, float], device) -> dict[str, float]:
+    """The mean over all ranks of each of this rank's values (one all-reduce)."""
+    if not dist.is_initialized():
+        return values
+    tensor = torch.tensor(list(values.values()), dtype=torch.float64, device=device)
+    dist.all_reduce(tensor)
+    return dict(zip(values, (tensor / dist.get_world_size()).tolist()))
+
+
+def train_worker(payload: dict[str, Any]) -> None:
+    """Ray Train entry point (`TorchTrainer(train_loop_per_worker=train_worker)`) of every stage."""
+    plan = WorkerPlan.from_payload(payload)
+    context = ray.train.get_context()
+    rank, world = context.get_world_rank(), context.get_world_size()
+    on_gpu = torch.cuda.is_available() and ray.train.torch.get_device().type == "cuda"
+    device = ray.train.torch.get_device() if on_gpu else torch.device("cpu")
+    torch.set_num_threads(plan.threads_per_worker)
+    is_chief = rank == 0
+    train_cfg = plan.train
+    stage = make_stage(plan, device, on_gpu)
+    # Written into every checkpoint, so that loading one needs nothing but its path.
+    description = stage.describe() if is_chief else {}
+
+    pipeline_stages = plan.parallel.pipeline_stages
+    global_batch = train_cfg.resolved_global_batch(world // pipeline_stages)
+    tokens_per_step = global_batch * stage.tokens_per_sample
+    peak, peak_source = device_peak_flops(on_gpu, plan.deepspeed.uses_bf16(on_gpu), train_cfg.peak_flops_per_device)
+
+    saved = latest_state()
+    reshard = saved is not None and needs_resharding(saved, world // pipeline_stages, pipeline_stages)
+    engine, dp_rank, dp_world = stage.build_engine(world, universal_config() if reshard else None)
+    if saved:
+        restore(engine, saved, Path(plan.run_dir) / "universal", reshard, rank)
+    start_step = saved.step if saved else 0
+    # Stream position of the next sample: resuming continues exactly there, whatever the layout now.
+    position = saved.samples_consumed if saved else 0
+    ledger = SampleLedger(plan.run_dir, rank, dp_rank, start_step) if stage.reads_data(engine) else None
+
+    log = MetricsLog(Path(plan.run_dir) / METRICS_FILE) if is_chief else None
+    if is_chief:
+        where = f"resumed from step {start_step}" if saved else "from scratch"
+        layout = f" = {pipeline_stages} pipeline stages x {dp_world} data-parallel" if pipeline_stages > 1 else ""
+        print(
+            f"{stage.name}: training {where}: {world} worker(s){layout}, global batch {global_batch} x "
+            f"{stage.tokens_per_sample} tokens, ZeRO {plan.deepspeed.zero_stage}, "
+            f"{stage.flops_per_token / 1e6:.2f} MFLOP/token, peak {peak / 1e12:.2f} TFLOP/s per device ({peak_source})",
+            flush=True,
+        )
+
+    def run_eval(step: int) -> dict[str, float]:
+        results = stage.evaluate(engine, dp_rank, dp_world)
+        if is_chief:
+            log.log(step, results)
+            print(f"eval step {step}: {stage.eval_line(results)}", flush=True)
+        return results
+
+    def checkpoint(step: int, metrics: dict[str, float]) -> None:
+        state = TrainingState(step, position, global_batch, dp_world, pipeline_stages, plan.deepspeed.zero_stage)
+        save_and_report(engine, state, {"step": step, **metrics}, is_chief, description)
+
+    if stage.evaluate_at_start and not saved:
+        run_eval(0)
+    stop_step = min(train_cfg.max_steps, train_cfg.halt_at_step or train_cfg.max_steps)
+    window_start, window_steps = time.perf_counter(), 0
+    last_eval: dict[str, float] = {}
+    last_eval_step = 0
+    step = start_step
+    for step in range(start_step + 1, stop_step + 1):
+        batch = stream_indices(stage.num_train_samples, position, global_batch, plan.shuffle_seed)
+        indices = rank_share(batch, dp_rank, dp_world)
+        step_metrics = stage.train_step(engine, split_micro_batches(indices, train_cfg.micro_batch_size))
+        position += global_batch
+        if ledger:
+            ledger.record(step, indices)
+        metrics = step_metrics if stage.step_metrics_are_global else global_means(step_metrics, device)
+        window_steps += 1
+        if step == start_step + 1 or step % train_cfg.log_interval == 0 or step == stop_step:
+            elapsed = time.perf_counter() - window_start
+            tokens_per_s = window_steps * tokens_per_step / elapsed
+            grad_norm = engine.get_global_grad_norm()
+            metrics.update(
+                {
+                    "train/lr": engine.get_lr()[0],
+                    "perf/tokens_per_s": tokens_per_s,
+                    "perf/mfu": mfu(stage.flops_per_token, tokens_per_s, peak, world),
+                }
+            )
+            if grad_norm is not None:
+                metrics["train/grad_norm"] = float(grad_norm)
+            if is_chief:
+                eta = (stop_step - step) * elapsed / window_steps
+                print(
+                    f"step {step}/{train_cfg.max_steps} | {stage.progress(metrics)} | lr {metrics['train/lr']:.2e} | "
+                    f"{tokens_per_s:,.0f} tok/s | MFU {100 * metrics['perf/mfu']:.1f}% | ETA {format_duration(eta)}",
+                    flush=True,
+                )
+            window_start, window_steps = time.perf_counter(), 0
+        if is_chief:
+            log.log(step, metrics)
+        if step % train_cfg.eval_interval == 0 or step == train_cfg.max_steps:
+            last_eval, last_eval_step = run_eval(step), step
+        at_interval = train_cfg.checkpoint_interval and step % train_cfg.checkpoint_interval == 0
+        if at_interval or step == stop_step:
+            checkpoint(step, {"train/loss": metrics["train/loss"], **last_eval, EVAL_STEP_KEY: last_eval_step})
+            window_start = time.perf_counter()  # do not bill checkpoint time to training throughput
+
+    if step == start_step:  # nothing left to train: still hand the driver the final numbers
+        last_eval = run_eval(step)
+        ray.train.report({"step": step, **last_eval})
+    if ledger:
+        ledger.close()
+    if is_chief:
+        log.close()
