@@ -26,21 +26,21 @@ RECIPE_DIR = Path(__file__).parent / "recipes"
 T = TypeVar("T")
 
 
-def recipe_names() -> list[str]:
-    return sorted(p.stem for p in RECIPE_DIR.glob("*.yaml"))
+def recipe_names(recipe_dir: Path = RECIPE_DIR) -> list[str]:
+    return sorted(p.stem for p in recipe_dir.glob("*.yaml"))
 
 
-def recipe_path(name_or_file: str) -> Path:
+def recipe_path(name_or_file: str, recipe_dir: Path = RECIPE_DIR) -> Path:
     """A shipped recipe by name (`tiny`) or a YAML file path."""
     candidate = Path(name_or_file)
     if candidate.suffix in (".yaml", ".yml"):
         if not candidate.is_file():
             raise UserInputError(f"--config: no such file: {name_or_file}")
         return candidate
-    shipped = RECIPE_DIR / f"{name_or_file}.yaml"
+    shipped = recipe_dir / f"{name_or_file}.yaml"
     if not shipped.is_file():
         raise UserInputError(
-            f"--config: unknown recipe '{name_or_file}' (shipped: {', '.join(recipe_names())}; or give a .yaml path)"
+            f"--config: unknown recipe '{name_or_file}' (shipped: {', '.join(recipe_names(recipe_dir))}; or give a .yaml path)"
         )
     return shipped
 
@@ -152,13 +152,13 @@ def to_dict(tree: Any) -> dict[str, Any]:
     return dataclasses.asdict(tree)
 
 
-def help_text(tree_cls: type, prog: str, summary: str) -> str:
+def help_text(tree_cls: type, prog: str, summary: str, recipe_dir: Path = RECIPE_DIR) -> str:
     lines = [
         f"usage: python -m {prog} [--config NAME_OR_YAML] [--section.field=value ...] [--print-config]",
         "",
         summary,
         "",
-        f"--config      a shipped recipe ({', '.join(recipe_names())}) or a YAML file",
+        f"--config      a shipped recipe ({', '.join(recipe_names(recipe_dir))}) or a YAML file",
         "--print-config  print the resolved config as YAML and exit",
         "",
     ]
@@ -176,7 +176,8 @@ def help_text(tree_cls: type, prog: str, summary: str) -> str:
 
 
 def parse_tree(
-    tree_cls: type[T], argv: list[str] | None, prog: str, summary: str, default_recipe: str, resolve=None
+    tree_cls: type[T], argv: list[str] | None, prog: str, summary: str, default_recipe: str, resolve=None,
+    recipe_dir: Path = RECIPE_DIR,
 ) -> T:
     """The whole command line: --help, --config, overrides, --print-config.
 
@@ -186,7 +187,7 @@ def parse_tree(
     """
     args = list(sys.argv[1:] if argv is None else argv)
     if "-h" in args or "--help" in args:
-        print(help_text(tree_cls, prog, summary))
+        print(help_text(tree_cls, prog, summary, recipe_dir))
         raise SystemExit(0)
     print_config = "--print-config" in args
     args = [a for a in args if a != "--print-config"]
@@ -206,7 +207,7 @@ def parse_tree(
             rest.append(args[i])
             i += 1
     overrides = parse_overrides(rest)
-    values = merge_overrides(load_yaml(recipe_path(recipe)), overrides)
+    values = merge_overrides(load_yaml(recipe_path(recipe, recipe_dir)), overrides)
     tree = build_tree(tree_cls, values, text_keys=set(overrides))
     if resolve is not None:
         resolve(tree)

@@ -18,7 +18,7 @@ from workloads.model import ModelConfig
 from workloads.pipeline import ParallelConfig
 from workloads.schema import option
 from workloads.tokenizer import TokenizerConfig
-from workloads.train_config import TrainConfig
+from workloads.train_config import CADENCE_FIELDS, TrainConfig
 
 PLACEMENT_STRATEGIES = ("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD")
 
@@ -117,14 +117,11 @@ class PretrainConfig:
         """
         # The batch shape is checked on its own (run_state.claim): the global batch must stay the
         # same unless allowed, while micro-batch x accumulation may change with the worker count.
-        cadence = {"halt_at_step", "log_interval", "eval_interval", "eval_samples", "checkpoint_interval",
-                   "peak_flops_per_device", "keep_checkpoints", "keep_best_checkpoint",
-                   "micro_batch_size", "grad_accum_steps", "global_batch_size"}
         identity = {
             "model": dataclasses.asdict(self.model),
             "data": {k: v for k, v in dataclasses.asdict(self.data).items() if k != "dataset_dir"},
             "tokenizer": dataclasses.asdict(self.tokenizer),
-            "train": {k: v for k, v in dataclasses.asdict(self.train).items() if k not in cadence},
+            "train": {k: v for k, v in dataclasses.asdict(self.train).items() if k not in CADENCE_FIELDS},
             "deepspeed": dataclasses.asdict(self.deepspeed),
             # Activation checkpointing and compiled blocks compute the same numbers: either may be switched on a resume.
             "parallel": {k: v for k, v in dataclasses.asdict(self.parallel).items()

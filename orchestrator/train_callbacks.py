@@ -14,8 +14,9 @@ from workloads.checkpointing import EVAL_STEP_KEY
 class BestCheckpointKeeper(UserCallback):
     """Promotes each checkpoint with a new lowest validation loss; called once Ray has registered it."""
 
-    def __init__(self, run_dir: Path):
+    def __init__(self, run_dir: Path, stage: str):
         self.run_dir = Path(run_dir)
+        self.stage = stage
 
     def after_report(self, run_context, metrics: list[dict[str, Any]], checkpoint: Checkpoint | None) -> None:
         reported = metrics[0]  # rank 0's metrics: the evaluation is a mean over all ranks already
@@ -28,6 +29,6 @@ class BestCheckpointKeeper(UserCallback):
         try:
             target = promote(self.run_dir, Path(checkpoint.path), int(reported["step"]), loss)
         except OSError as e:  # keeping a spare copy must never stop training
-            print(f"pretrain: warning: could not keep the best checkpoint ({e}); training goes on", flush=True)
+            print(f"{self.stage}: warning: could not keep the best checkpoint ({e}); training goes on", flush=True)
             return
-        print(f"pretrain: best checkpoint so far (validation loss {loss:.4f}) kept as {target}", flush=True)
+        print(f"{self.stage}: best checkpoint so far (validation loss {loss:.4f}) kept as {target}", flush=True)

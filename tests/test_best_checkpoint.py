@@ -35,7 +35,7 @@ def retain_newest(storage: Path) -> None:
 
 def test_best_checkpoint_outlives_the_newest_k(tmp_path):
     run_dir, storage = tmp_path / "run", tmp_path / "run" / "train"
-    keeper = BestCheckpointKeeper(run_dir)
+    keeper = BestCheckpointKeeper(run_dir, "pretrain")
     for step, loss in [(4, 3.0), (8, 2.5), (12, 2.7), (16, 2.9), (20, 2.6)]:
         report(keeper, write_checkpoint(storage, step), step, loss)
         retain_newest(storage)
@@ -51,7 +51,7 @@ def test_best_checkpoint_outlives_the_newest_k(tmp_path):
 
 def test_only_a_loss_measured_on_the_checkpointed_weights_counts(tmp_path):
     run_dir, storage = tmp_path / "run", tmp_path / "run" / "train"
-    keeper = BestCheckpointKeeper(run_dir)
+    keeper = BestCheckpointKeeper(run_dir, "pretrain")
     report(keeper, write_checkpoint(storage, 10), 10, 3.0)
     report(keeper, write_checkpoint(storage, 15), 15, 1.0, eval_step=10)  # a stale evaluation from step 10
     report(keeper, write_checkpoint(storage, 20), 20, float("nan"))
@@ -61,7 +61,7 @@ def test_only_a_loss_measured_on_the_checkpointed_weights_counts(tmp_path):
 
 def test_a_fresh_start_forgets_the_best_checkpoint(tmp_path):
     run_dir, storage = tmp_path / "run", tmp_path / "run" / "train"
-    report(BestCheckpointKeeper(run_dir), write_checkpoint(storage, 10), 10, 3.0)
+    report(BestCheckpointKeeper(run_dir, "pretrain"), write_checkpoint(storage, 10), 10, 3.0)
     run_state.save(run_dir, run_state.RunState("old-identity", 8))
     assert run_state.claim(run_dir, "new-identity", 8, fresh=True) is None
     assert best_checkpoint.read_best(run_dir) is None

@@ -24,7 +24,7 @@ from typing import Any
 import torch
 
 from workloads.errors import UserInputError
-from workloads.model import GPT, ModelConfig
+from workloads.model import GPT, ModelConfig, ScalarHeadModel
 from workloads.tokenizer import Tokenizer
 
 DESCRIPTION_FILE = "model.json"
@@ -38,10 +38,19 @@ RUN_STATE_FILE = "run.json"
 TRAIN_STORAGE = "train"
 
 
-def describe_checkpoint(model: ModelConfig, tokenizer: Tokenizer, dataset_dir: str, train: Any) -> dict[str, bytes]:
+LANGUAGE_MODEL = "language_model"  # a GPT
+SCALAR_HEAD = "scalar_head"  # a ScalarHeadModel: GPT backbone + one number per sequence (reward model)
+
+
+def describe_checkpoint(
+    model: ModelConfig, tokenizer: Tokenizer, dataset_dir: str, train: Any, stage: str = "pretrain",
+    kind: str = LANGUAGE_MODEL,
+) -> dict[str, bytes]:
     """The files that make a checkpoint self-describing: {file name: content}."""
     description = {
         "format": DESCRIPTION_FORMAT,
+        "stage": stage,
+        "kind": kind,
         "model": dataclasses.asdict(model),
         "tokenizer": {"file": TOKENIZER_FILE, "sha256": tokenizer.sha256, "vocab_size": tokenizer.vocab_size},
         "dataset_dir": str(dataset_dir),
@@ -53,7 +62,7 @@ def describe_checkpoint(model: ModelConfig, tokenizer: Tokenizer, dataset_dir: s
 
 @dataclass
 class LoadedModel:
-    model: GPT  # in eval mode, on the requested device
+    model: GPT | ScalarHeadModel  # in eval mode, on the requested device (a ScalarHeadModel for reward models)
     tokenizer: Tokenizer
     config: ModelConfig
     checkpoint: Path  # the checkpoint directory the weights came from
@@ -95,12 +104,8 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> Loa
         raise UserInputError(f"{checkpoint / TOKENIZER_FILE}: sha256 differs from {DESCRIPTION_FILE}'s; the checkpoint is damaged")
     state = json.loads((checkpoint / MARKER_FILE).read_text())
     weights = read_weights(checkpoint, state, config, device)
-    model = GPT(config)
-    missing, unexpected = model.load_state_dict(weights, strict=False)
-    if unexpected or set(missing) - {"lm_head.weight"} or ("lm_head.weight" in missing and not config.tie_embeddings):
-        raise UserInputError(
-            f"{checkpoint}: weights do not fit the model in {DESCRIPTION_FILE} (missing {missing[:3]}, unexpected {unexpected[:3]})"
-        )
+    model = ScalarHeadModel(GPT(config)) if description.get("kind") == SCALAR_HEAD else GPT(config)
+    load_weights_into(model, weights, checkpoint)
     model.to(device).eval()
     loaded = LoadedModel(model, tokenizer, config, checkpoint, int(state["step"]), description)
     run_dir = _owning_run_dir(checkpoint)
@@ -110,6 +115,26 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> Loa
         loaded.mlflow_run_id = run_state.get("mlflow_run_id", "")
         loaded.tracking_uri = run_state.get("tracking_uri", "")
     return loaded
+
+
+def load_weights_into(model: torch.nn.Module, weights: dict[str, torch.Tensor], source: Path) -> None:
+    """Load every weight of `model`; only a tied output head may be absent (it is the token embedding)."""
+    missing, unexpected = model.load_state_dict(weights, strict=False)
+    tied_head = [name for name in missing if name.endswith("lm_head.weight")]
+    if unexpected or set(missing) - set(tied_head) or (tied_head and not model.cfg.tie_embeddings):
+        raise UserInputError(
+            f"{source}: weights do not fit the model in {DESCRIPTION_FILE} (missing {missing[:3]}, unexpected {unexpected[:3]})"
+        )
+
+
+def read_language_model_weights(path: str | Path, config: ModelConfig) -> dict[str, torch.Tensor]:
+    """GPT's weights from a checkpoint of a language model (to start another stage from), on CPU."""
+    checkpoint = resolve_checkpoint(path)
+    description = read_description(checkpoint)
+    if description.get("kind", LANGUAGE_MODEL) != LANGUAGE_MODEL:
+        raise UserInputError(f"{checkpoint}: holds a {description['kind']}, not a language model to start from")
+    state = json.loads((checkpoint / MARKER_FILE).read_text())
+    return read_weights(checkpoint, state, config, "cpu")
 
 
 def read_description(checkpoint: Path) -> dict[str, Any]:
@@ -169,8 +194,8 @@ def weights_only_loading():
 
 
 def _load(path: Path, device) -> dict[str, Any]:
-    with weights_only_loading():
-        return torch.load(path, map_location=device)
+    with torch.serialization.safe_globals(_deepspeed_globals()):
+        return torch.load(path, map_location=device, weights_only=True)
 
 
 def read_weights(checkpoint: Path, state: dict[str, Any], config: ModelConfig, device) -> dict[str, torch.Tensor]:

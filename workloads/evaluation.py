@@ -7,6 +7,7 @@ vocabularies (or a character model) can be compared.
 from __future__ import annotations
 
 import math
+from functools import partial
 
 import numpy as np
 import torch
@@ -52,8 +53,10 @@ def count_targets(targets: torch.Tensor, byte_lengths: torch.Tensor) -> tuple[to
 def evaluate(engine, dataset, indices: np.ndarray, micro_batch_size: int, byte_lengths: torch.Tensor, device) -> dict:
     engine.eval()
     totals = torch.zeros(3, dtype=torch.float64, device=device)  # nats, tokens, bytes
+    # A dataset may bring its own eval batches (inputs, segment ids, targets) with targets it does not score.
+    batch_of = dataset.get if hasattr(dataset, "scored_targets") else partial(eval_batch, dataset)
     for start in range(0, len(indices), micro_batch_size):
-        inputs, segments, targets = (t.to(device) for t in eval_batch(dataset, indices[start : start + micro_batch_size]))
+        inputs, segments, targets = (t.to(device) for t in batch_of(indices[start : start + micro_batch_size]))
         nats = engine(inputs, targets=targets, segment_ids=segments, reduction="sum")
         totals[0] += nats.double()
         totals[1:] += torch.stack(count_targets(targets, byte_lengths))

@@ -1,4 +1,8 @@
-"""The weights training starts from: a seeded random init, or those `model.init_from` names."""
+"""The weights training starts from: a seeded random init, or those `model.init_from` names.
+
+`hf:DIR` is a Hugging Face Llama checkpoint; `checkpoint:DIR` a checkpoint of this
+project (the driver resolves run directories and MLflow run ids to one).
+"""
 from __future__ import annotations
 
 import torch
@@ -14,4 +18,9 @@ def initial_model(cfg: ModelConfig, seed: int) -> GPT:
         from workloads.hf_interop import load_hf_weights
 
         load_hf_weights(model, cfg.init_from.removeprefix("hf:"))
+    elif cfg.init_from.startswith("checkpoint:"):
+        from workloads.checkpoint_loading import load_weights_into, read_language_model_weights
+
+        source = cfg.init_from.removeprefix("checkpoint:")
+        load_weights_into(model, read_language_model_weights(source, cfg), source)
     return model

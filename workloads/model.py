@@ -43,7 +43,7 @@ MLP_KINDS = ("swiglu", "gelu")
 NORM_KINDS = ("rmsnorm", "layernorm")
 POSITION_KINDS = ("rope", "learned", "alibi")
 ATTENTION_MASKS = ("document", "causal")
-INIT_SOURCES = ("hf:",)
+INIT_SOURCES = ("hf:", "checkpoint:")
 
 # Layers that write into the residual stream: GPT-2 scales their init by 1/sqrt(2 * n_layers)
 # so that the residual stream's variance does not grow with depth.
@@ -74,7 +74,8 @@ class ModelConfig:
     tie_embeddings: bool = option(True, "Share one weight between the token embedding and the output head.")
     init_from: str = option(
         "", "Start from existing weights instead of a random init: hf:DIR (a Hugging Face Llama-architecture "
-        "checkpoint on disk; its config.json sets the shape, its tokenizer.model the tokenizer)."
+        "checkpoint on disk; its config.json sets the shape, its tokenizer.model the tokenizer); the fine-tuning "
+        "stages also take a checkpoint or run directory of this project, or an MLflow run id."
     )
     # Changes no parameter, buffer or FLOP count: checkpoints load under either setting.
     attention_mask: str = option(

@@ -7,6 +7,13 @@ from workloads.errors import UserInputError
 from workloads.schema import option
 
 SCHEDULES = ("cosine", "wsd")
+# Fields that may change between submissions of the same run: cadence (logging, evaluation,
+# checkpoints, halting), retention, MFU accounting and how the global batch is split into
+# micro-batches (the global batch itself is checked on its own when a run resumes).
+CADENCE_FIELDS = frozenset({
+    "halt_at_step", "log_interval", "eval_interval", "eval_samples", "checkpoint_interval", "peak_flops_per_device",
+    "keep_checkpoints", "keep_best_checkpoint", "micro_batch_size", "grad_accum_steps", "global_batch_size",
+})
 
 
 @dataclass

@@ -10,6 +10,9 @@ from workloads.stages.base import Stage, WorkerPlan
 # stage name -> "module:class"; imported on demand so a worker loads only its own stage.
 STAGES = {
     "pretrain": "workloads.stages.pretrain:PretrainStage",
+    "sft": "workloads.stages.sft:SFTStage",
+    "reward": "workloads.stages.reward:RewardStage",
+    "dpo": "workloads.stages.dpo:DPOStage",
 }
 
 
