@@ -51,9 +51,11 @@ SUMMARIES = {
 class SampleConfig:
     """Generations on held-out prompts after training, logged to MLflow as a table (and the built-in task's property rate)."""
 
-    prompts: int = option(64, "held-out prompts to sample (the reward model scores as many held-out pairs)")
+    prompts: int = option(200, "held-out prompts to sample (the reward model scores as many held-out pairs)")
     max_new_tokens: int = option(24, "new tokens per prompt (capped to the context)")
-    temperature: float = option(0.7, "sampling temperature; 0 = greedy")
+    # 1.0 samples the model's own distribution: a lower temperature would sharpen it and move the
+    # property's measured rate towards 0 or 1 whatever the training did.
+    temperature: float = option(1.0, "sampling temperature; 0 = greedy")
     top_k: int = option(0, "keep the k most likely tokens; 0 = off")
     seed: int = option(0, "sampling seed")
 

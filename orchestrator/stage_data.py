@@ -27,7 +27,7 @@ from typing import Any
 
 from workloads.errors import UserInputError
 from workloads.schema import option
-from workloads.stages.datasets import Example, pack_sft, pad_preferences, read_manifest, write_dataset
+from workloads.stages.datasets import MANIFEST_FILE, Example, pack_sft, pad_preferences, read_manifest, write_dataset
 from workloads.task import render_chat, write_task
 from workloads.tokenizer import Tokenizer
 
@@ -39,7 +39,10 @@ KINDS = {"sft": "sft", "reward": "preference", "dpo": "preference"}
 class StageDataConfig:
     """The `data.` section of a fine-tuning stage: which records, how they are split and fitted."""
 
-    train_file: str = option(BUILTIN, "JSONL of training records; 'builtin' = the built-in task made from the embedded corpus")
+    train_file: str = option(
+        BUILTIN, "JSONL of training records, or a dataset directory prepared earlier; 'builtin' = the built-in task "
+        "made from the embedded corpus"
+    )
     val_file: str = option("", "JSONL of held-out records; empty = hold out val_fraction of the train file's prompts")
     val_fraction: float = option(0.05, "share of prompts held out for validation when there is no val_file")
     split_seed: int = option(1234, "seed of the train/validation split by prompt")
@@ -54,8 +57,9 @@ class StageDataConfig:
             raise UserInputError(f"data.seq_len: must be >= 0, got {self.seq_len}")
         for name in ("train_file", "val_file"):
             path = getattr(self, name)
-            if path and path != BUILTIN and not Path(path).is_file():
-                raise UserInputError(f"data.{name}: no such file: {path}")
+            prepared = name == "train_file" and (Path(path) / MANIFEST_FILE).is_file()
+            if path and path != BUILTIN and not (Path(path).is_file() or prepared):
+                raise UserInputError(f"data.{name}: no such file (or prepared dataset): {path}")
 
 
 @dataclass
