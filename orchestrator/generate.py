@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 
 from orchestrator.config import run_cli
+from orchestrator.stage_data import read_jsonl, text_field
 from workloads.checkpoint_loading import load_checkpoint
 from workloads.errors import UserInputError
 from workloads.generation import Sampling, context_room, generate
@@ -44,24 +45,13 @@ def read_prompts(args: argparse.Namespace) -> list[str]:
     if args.prompt is not None:
         return [args.prompt]
     path = args.prompts
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as e:
-        raise UserInputError(f"{path}: cannot read prompts ({e})") from e
-    if path.suffix != ".jsonl":
-        prompts = [line for line in text.splitlines() if line.strip()]
+    if path.suffix == ".jsonl":
+        prompts = [text_field(record, "prompt", where) for where, record in read_jsonl(path)]
     else:
-        prompts = []
-        for number, line in enumerate(text.splitlines(), start=1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except ValueError as e:
-                raise UserInputError(f"{path}:{number}: not valid JSON ({e.msg})") from e
-            if not isinstance(record, dict) or not isinstance(record.get("prompt"), str):
-                raise UserInputError(f"{path}:{number}: needs a string field 'prompt'")
-            prompts.append(record["prompt"])
+        try:
+            prompts = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        except (OSError, UnicodeDecodeError) as e:
+            raise UserInputError(f"{path}: cannot read prompts ({e})") from e
     if not prompts:
         raise UserInputError(f"{path}: holds no prompts")
     return prompts

@@ -73,7 +73,8 @@ class Record:
 # Reading records
 # ---------------------------------------------------------------------------
 
-def _lines(path: Path):
+def read_jsonl(path: Path):
+    """("file:line", record) for each non-blank line of a JSONL file of objects; bad lines are one-line errors."""
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as e:
@@ -92,7 +93,7 @@ def _lines(path: Path):
         yield f"{path}:{number}", record
 
 
-def _text(record: dict, key: str, where: str) -> str:
+def text_field(record: dict, key: str, where: str) -> str:
     if key not in record:
         raise UserInputError(f"{where}: missing field '{key}'")
     if not isinstance(record[key], str):
@@ -102,7 +103,7 @@ def _text(record: dict, key: str, where: str) -> str:
 
 def read_sft(path: Path) -> list[Record]:
     records = []
-    for where, record in _lines(path):
+    for where, record in read_jsonl(path):
         if "messages" in record:
             messages = record["messages"]
             if not isinstance(messages, list) or not all(isinstance(m, dict) for m in messages):
@@ -112,17 +113,17 @@ def read_sft(path: Path) -> list[Record]:
             except ValueError as e:
                 raise UserInputError(f"{where}: messages: {e}") from None
         else:
-            prompt, response = _text(record, "prompt", where), _text(record, "response", where)
+            prompt, response = text_field(record, "prompt", where), text_field(record, "response", where)
         records.append(Record(prompt, [response], where))
     return records
 
 
 def read_preferences(path: Path) -> list[Record]:
     records = []
-    for where, record in _lines(path):
-        prompt = _text(record, "prompt", where)
+    for where, record in read_jsonl(path):
+        prompt = text_field(record, "prompt", where)
         if "responses" not in record:
-            records.append(Record(prompt, [_text(record, "chosen", where), _text(record, "rejected", where)], where))
+            records.append(Record(prompt, [text_field(record, "chosen", where), text_field(record, "rejected", where)], where))
             continue
         responses, ranking = record["responses"], record.get("ranking")
         if not isinstance(responses, list) or len(responses) < 2 or not all(isinstance(r, str) for r in responses):
