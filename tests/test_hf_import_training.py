@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+import transformers
 
 from orchestrator.pretrain import parse_cli
 from pretrain_helpers import run_tiny, step_metrics
@@ -17,7 +18,6 @@ from workloads.hf_interop import save_hf, save_hf_tokenizer
 from workloads.tokenizer import Tokenizer
 
 pytestmark = pytest.mark.slow
-transformers = pytest.importorskip("transformers")
 
 
 @pytest.fixture(scope="module")
