@@ -133,3 +133,12 @@ def test_busy_machine_is_reported():
     busy = {"cpus_on_machine": 2, "load_average_at_start": [3.0, 2.0, 1.0],
             "details": {"throughput": {"bare_spread": 0.2}}}
     assert len(bench.busy_machine_warnings(busy)) == 2
+
+
+def test_generation_bench_compares_the_same_greedy_tokens_with_and_without_cache_and_transformers(tmp_path):
+    from workloads.model import ModelConfig
+
+    tiny = ModelConfig(vocab_size=64, d_model=32, n_layers=1, n_heads=2, max_seq_len=32)
+    measured = bench.measure_generate(tmp_path, tiny, batch=2, prompt_tokens=4, new_tokens=8, repeats=1)
+    assert measured["details"]["rows_equal_to_transformers"] == "2/2"
+    assert measured["generate_cache_speedup"] > 0 and measured["generate_vs_transformers"] > 0
