@@ -130,3 +130,13 @@ def test_a_stage_as_a_user_runs_it_refuses_a_dataset_of_another_tokenizer(worksp
 
 def manifest_sha(dataset) -> str:
     return json.loads((dataset / "manifest.json").read_text())["tokenizer"]["sha256"]
+
+
+def test_an_mlflow_run_id_names_that_runs_final_checkpoint(workspace, tiny_run):
+    run_id = json.loads((tiny_run["run_dir"] / "run.json").read_text())["mlflow_run_id"]
+    cfg = parse_stage_cli("sft", ["--config", "tiny", f"--model.init_from={run_id}",
+                                  f"--tracking.uri={tiny_run['tracking_uri']}"])
+    assert cfg.model.init_from == f"checkpoint:{tiny_run['checkpoint'].resolve()}"
+    with pytest.raises(UserInputError, match=f"model.init_from: MLflow run {'0' * 32} not found"):
+        parse_stage_cli("sft", ["--config", "tiny", f"--model.init_from={'0' * 32}",
+                                f"--tracking.uri={tiny_run['tracking_uri']}"])
