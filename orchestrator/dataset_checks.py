@@ -1,10 +1,20 @@
 """Checks that a prepared dataset fits the run, made on the driver before any worker starts.
 
 Each failure is one line naming the file, field or value; nothing has been
-written by the time they run.
+written by the time they run (except the dataset's own record of verified shards).
+
+Shard checksums are computed in full once: each shard that matched its manifest
+checksum is recorded in `<dataset>/verified.json` with its size, modification time,
+inode and change time, and later launches re-hash only a shard whose record no longer
+matches. Rewriting, truncating or replacing a shard changes at least one of those
+(the change time cannot be set back by any user), so a sweep's many launches cost
+metadata reads instead of a re-hash of the whole corpus each time.
 """
 from __future__ import annotations
 
+import json
+import os
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +23,60 @@ from workloads.data.loader import PackedDataset, load_manifest
 from workloads.data.shards import file_sha256
 from workloads.errors import UserInputError
 from workloads.tokenizer import Tokenizer
+
+VERIFIED_FILE = "verified.json"  # in the dataset directory: {shard file: its stat signature and checksum}
+
+
+def _signature(path: Path) -> list[int]:
+    st = path.stat()
+    return [st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns]
+
+
+def _read_verified(dataset_dir: Path) -> dict[str, Any]:
+    try:
+        record = json.loads((dataset_dir / VERIFIED_FILE).read_text())
+    except (OSError, ValueError):
+        return {}
+    return record if isinstance(record, dict) else {}
+
+
+def _write_verified(dataset_dir: Path, record: dict[str, Any]) -> None:
+    """Atomically (concurrent launches may write it at once); a read-only dataset simply keeps re-hashing."""
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{VERIFIED_FILE}.", dir=dataset_dir)
+        with os.fdopen(fd, "w") as out:
+            json.dump(record, out)
+        os.replace(tmp, dataset_dir / VERIFIED_FILE)
+    except OSError:
+        pass
+
+
+def verify_shard_checksums(dataset_dir: Path, manifest: dict[str, Any]) -> None:
+    """Every shard against its manifest sha256, re-hashing only shards changed since last verified."""
+    record = _read_verified(dataset_dir)
+    changed = False
+    for split in ("train", "val"):
+        for shard in manifest["splits"][split]["shards"]:
+            path = dataset_dir / shard["file"]
+            try:
+                signature = _signature(path)
+            except OSError as e:
+                raise UserInputError(f"{path}: unreadable shard ({e.strerror})") from e
+            if record.get(shard["file"]) == {"signature": signature, "sha256": shard["sha256"]}:
+                continue
+            try:
+                actual = file_sha256(path)
+            except OSError as e:
+                raise UserInputError(f"{path}: unreadable shard ({e.strerror})") from e
+            if actual != shard["sha256"]:
+                raise UserInputError(
+                    f"{path}: sha256 {actual[:12]}... differs from the manifest's {shard['sha256'][:12]}...; "
+                    "the shard is corrupted, prepare the dataset again"
+                )
+            record[shard["file"]] = {"signature": signature, "sha256": actual}
+            changed = True
+    if changed:
+        _write_verified(dataset_dir, record)
 
 
 def check_tokenizer(cfg: PretrainConfig, dataset_dir: Path, manifest: dict[str, Any]) -> None:
@@ -39,7 +103,7 @@ def check_tokenizer(cfg: PretrainConfig, dataset_dir: Path, manifest: dict[str, 
 
 
 def check_dataset(cfg: PretrainConfig, dataset_dir: Path) -> dict[str, Any]:
-    """Manifest, tokenizer and shard checksums against the run's config; returns the manifest."""
+    """Manifest, tokenizer and shard checksums (see `verify_shard_checksums`) against the run's config; returns the manifest."""
     manifest = load_manifest(dataset_dir)
     check_tokenizer(cfg, dataset_dir, manifest)
     if manifest["seq_len"] != cfg.data.seq_len:
@@ -47,5 +111,6 @@ def check_dataset(cfg: PretrainConfig, dataset_dir: Path) -> dict[str, Any]:
     for split in ("train", "val"):
         if manifest["splits"][split]["num_samples"] == 0:
             raise UserInputError(f"data.corpus: the {split} split holds no complete sample of {cfg.data.seq_len + 1} tokens")
-        PackedDataset(dataset_dir, split).verify_checksums()
+        PackedDataset(dataset_dir, split)  # maps every shard: its layout and sample count against the manifest
+    verify_shard_checksums(dataset_dir, manifest)
     return manifest

@@ -7,6 +7,7 @@ whose workers all run `workloads.loop.train_worker`, and records the outcome.
 from __future__ import annotations
 
 import dataclasses
+import math
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -29,7 +30,18 @@ def worker_runtime_env(scaling) -> dict[str, Any]:
     return {"env_vars": env}
 
 
-def build_trainer(cfg, payload: dict[str, Any], run_dir: Path):
+def worker_threads(cpus_per_worker: float) -> int:
+    """Torch threads of a worker: its CPUs rounded half up, at least 1.
+
+    Rounded rather than truncated so that a reservation just under a whole CPU keeps that
+    CPU's thread: a sweep reserves 0.9 (or 1.9) per worker to leave 0.1 to each trial's idle
+    Tune trainable, and its trials must train as fast as the same run alone.
+    """
+    return max(1, math.floor(cpus_per_worker + 0.5))
+
+
+def build_trainer(cfg, payload: dict[str, Any], run_dir: Path, callbacks: list | None = None,
+                  train_loop: Callable[[dict[str, Any]], None] | None = None):
     import ray.train
     from ray.train.torch import TorchConfig, TorchTrainer
 
@@ -40,7 +52,7 @@ def build_trainer(cfg, payload: dict[str, Any], run_dir: Path):
     if cfg.scaling.use_gpu:
         resources["GPU"] = 1
     return TorchTrainer(
-        train_worker,
+        train_loop or train_worker,
         train_loop_config=payload,
         torch_config=TorchConfig(backend="nccl" if cfg.scaling.use_gpu else "gloo"),
         scaling_config=ray.train.ScalingConfig(
@@ -55,7 +67,8 @@ def build_trainer(cfg, payload: dict[str, Any], run_dir: Path):
             failure_config=ray.train.FailureConfig(max_failures=cfg.scaling.max_failures),
             # Ray deletes a checkpoint only after a newer one is registered, so one always survives.
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=cfg.train.keep_checkpoints or None),
-            callbacks=[BestCheckpointKeeper(run_dir, payload["stage"])] if cfg.train.keep_best_checkpoint else [],
+            callbacks=([BestCheckpointKeeper(run_dir, payload["stage"])] if cfg.train.keep_best_checkpoint else [])
+            + list(callbacks or []),
             worker_runtime_env=worker_runtime_env(cfg.scaling),
         ),
     )
@@ -76,6 +89,15 @@ class Launch:
     # results and the open MLflow recorder.
     after_training: Callable[[dict[str, Any], RunRecorder], dict[str, float]] | None = None
     allow_global_batch_change: bool = False
+    # More Ray Train callbacks for the trainer (they run in its controller), e.g. Tune's
+    # TuneReportCallback when a sweep launches this run as a Tune trial.
+    callbacks: list = dataclasses.field(default_factory=list)
+    # The workers' function; None = the one training loop of every offline stage (workloads.loop.train_worker).
+    # RL runs its own (workloads.rl.learner.learner_worker).
+    train_loop: Callable[[dict[str, Any]], None] | None = None
+    # Right after the fit, on the driver: may raise to fail the run (the MLflow run is closed as FAILED),
+    # e.g. when the workers recorded why they stopped early.
+    check_result: Callable[[Any], None] | None = None
 
 
 def train_on_ray(cfg, launch: Launch) -> dict[str, Any]:
@@ -116,11 +138,16 @@ def train_on_ray(cfg, launch: Launch) -> dict[str, Any]:
         "options": launch.options,
         "dataset_dir": str(dataset_dir),
         "run_dir": str(run_dir),
-        "threads_per_worker": max(1, int(cfg.scaling.cpus_per_worker)),
+        "threads_per_worker": worker_threads(cfg.scaling.cpus_per_worker),
+        # A branch's origin (an absolute checkpoint directory) and extra checkpoint steps: see RunConfig.
+        "branch_from": cfg.run.branch_from,
+        "checkpoint_steps": sorted(cfg.run.checkpoint_steps),
     }
-    trainer = build_trainer(cfg, payload, run_dir)
+    trainer = build_trainer(cfg, payload, run_dir, launch.callbacks, launch.train_loop)
     try:
         result = trainer.fit()
+        if launch.check_result is not None:
+            launch.check_result(result)
     except Exception:
         recorder.finish({}, 0, {}, "FAILED", timeout=cfg.tracking.flush_timeout_s)
         raise
@@ -147,6 +174,8 @@ def train_on_ray(cfg, launch: Launch) -> dict[str, Any]:
         details = f" | bits per byte {final['eval/bpb']:.4f}" if "eval/bpb" in final else ""
         print(f"{name}: done at step {final.get('step')} | final validation loss {final['eval/loss']:.4f}{details} | "
               f"checkpoint {final.get('checkpoint')}")
+    elif not halted:
+        print(f"{name}: done at step {final.get('step')} | checkpoint {final.get('checkpoint')}")
     else:
         print(f"{name}: stopped at step {final.get('step')} | checkpoint {final.get('checkpoint')} (resubmit to continue)")
     if best is not None:

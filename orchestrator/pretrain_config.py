@@ -33,10 +33,21 @@ class RunConfig:
     allow_global_batch_change: bool = option(
         False, "resume with another global batch size, continuing from the samples consumed so far"
     )
+    branch_from: str = option(
+        "", "start this new run from another run's checkpoint (its directory, or a run directory for its latest): "
+        "weights, optimizer state and data position carry over, the learning-rate schedule is this run's own "
+        "from that step on (e.g. a WSD cooldown branch)"
+    )
+    checkpoint_steps: list = option(
+        [], "steps to checkpoint at besides every train.checkpoint_interval (e.g. where other runs branch off)"
+    )
 
     def validate(self) -> None:
         if not self.name or "/" in self.name or self.name.startswith("."):
             raise UserInputError(f"run.name: '{self.name}' must be a non-empty name without '/'")
+        for step in self.checkpoint_steps:
+            if isinstance(step, bool) or not isinstance(step, int) or step < 1:
+                raise UserInputError(f"run.checkpoint_steps: {step!r} is not a step number >= 1")
 
     def run_dir(self) -> Path:
         return Path(self.output_dir).resolve() / self.name
@@ -48,7 +59,9 @@ class ScalingConfig:
 
     num_workers: int = option(1, "training workers (data-parallel ranks x pipeline stages)")
     use_gpu: bool = option(False, "one GPU per worker, NCCL between them; otherwise CPU workers with gloo")
-    cpus_per_worker: float = option(1.0, "CPUs reserved per worker (fractions allowed); also its torch thread count")
+    cpus_per_worker: float = option(
+        1.0, "CPUs reserved per worker (fractions allowed); rounded to the nearest whole number (at least 1), its torch threads"
+    )
     placement_strategy: str = option("PACK", "Ray placement of workers: PACK | SPREAD | STRICT_PACK | STRICT_SPREAD")
     nccl_preset: str = option("", "fabric preset of NCCL variables (infiniband, roce, efa, tcp) or a runtime-env YAML")
     max_failures: int = option(0, "worker-group restarts from the latest checkpoint after a failure")
@@ -127,4 +140,6 @@ class PretrainConfig:
             "parallel": {k: v for k, v in dataclasses.asdict(self.parallel).items()
                          if k not in ("activation_checkpointing", "compile_blocks")},
         }
+        if self.run.branch_from:  # a branch continues another run's curve: its origin is part of it
+            identity["branch_from"] = self.run.branch_from
         return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]

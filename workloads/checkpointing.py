@@ -77,7 +77,12 @@ def latest_state() -> TrainingState | None:
     if checkpoint is None:
         return None
     with checkpoint.as_directory() as directory:
-        return TrainingState(**json.loads((Path(directory) / MARKER_FILE).read_text()))
+        return read_state(Path(directory))
+
+
+def read_state(directory: Path) -> TrainingState:
+    """The state recorded in a checkpoint directory (this run's or, for a branch, another run's)."""
+    return TrainingState(**json.loads((Path(directory) / MARKER_FILE).read_text()))
 
 
 def needs_resharding(saved: TrainingState, data_parallel: int, pipeline_stages: int) -> bool:
@@ -101,21 +106,52 @@ def restore(engine, saved: TrainingState, universal_root: Path, reshard: bool, r
     """Load the latest checkpoint into `engine` (built with load_universal when `reshard`)."""
     checkpoint = ray.train.get_checkpoint()
     with checkpoint.as_directory() as directory:
-        if not reshard:
-            load_path, _ = engine.load_checkpoint(directory, tag=saved.tag)
-        else:
-            target = universal_root / saved.tag
-            if rank == 0:
-                convert_to_universal(Path(directory) / saved.tag, target)
-            dist.barrier()  # every rank loads only once rank 0's conversion is complete
-            built_settings = _built_group_settings(engine)
-            load_path, _ = engine.load_checkpoint(str(universal_root), tag=saved.tag)
-            _repair_universal_load(engine, built_settings)
-            dist.barrier()
-            if rank == 0:
-                shutil.rmtree(universal_root, ignore_errors=True)
+        _load(engine, Path(directory), saved, universal_root, reshard, rank, load_lr_schedule=True)
+
+
+def restore_branch(engine, origin: Path, saved: TrainingState, universal_root: Path, reshard: bool, rank: int) -> None:
+    """Start from another run's checkpoint: its weights and optimizer state, this run's schedule.
+
+    The learning-rate scheduler's state is not loaded: the branch follows its own schedule
+    (e.g. a cooldown), placed at the step it starts from.
+    """
+    _load(engine, origin, saved, universal_root, reshard, rank, load_lr_schedule=False)
+    start_schedule_at(engine, saved.step)
+
+
+def start_schedule_at(engine, step: int) -> None:
+    """Put the engine's LambdaLR where `step` optimizer steps would have left it.
+
+    That is last_epoch = step and every group at base lr x multiplier(step), exactly as after
+    `step` calls of scheduler.step(); set directly, since stepping a scheduler before its
+    optimizer has stepped is what torch warns about.
+    """
+    scheduler = engine.lr_scheduler
+    scheduler.last_epoch = step
+    rates = [base * rule(step) for base, rule in zip(scheduler.base_lrs, scheduler.lr_lambdas, strict=True)]
+    for group, rate in zip(scheduler.optimizer.param_groups, rates, strict=True):
+        group["lr"] = rate
+    scheduler._last_lr = rates  # what get_last_lr() returns until the next step
+
+
+def _load(engine, directory: Path, saved: TrainingState, universal_root: Path, reshard: bool, rank: int,
+          load_lr_schedule: bool) -> None:
+    if not reshard:
+        load_path, _ = engine.load_checkpoint(str(directory), tag=saved.tag, load_lr_scheduler_states=load_lr_schedule)
+    else:
+        target = universal_root / saved.tag
+        if rank == 0:
+            convert_to_universal(directory / saved.tag, target)
+        dist.barrier()  # every rank loads only once rank 0's conversion is complete
+        built_settings = _built_group_settings(engine)
+        load_path, _ = engine.load_checkpoint(str(universal_root), tag=saved.tag,
+                                              load_lr_scheduler_states=load_lr_schedule)
+        _repair_universal_load(engine, built_settings)
+        dist.barrier()
+        if rank == 0:
+            shutil.rmtree(universal_root, ignore_errors=True)
     if load_path is None:
-        raise RuntimeError(f"checkpoint {checkpoint.path} holds no loadable DeepSpeed checkpoint {saved.tag}")
+        raise RuntimeError(f"{directory} holds no loadable DeepSpeed checkpoint {saved.tag}")
 
 
 def convert_to_universal(source: Path, target: Path) -> None:

@@ -3,8 +3,10 @@
 The driver passes plain dicts (one per config section plus resolved paths and the
 stage's name); the stage (`workloads.stages`) supplies data, model, loss and
 metrics. This loop builds the DeepSpeed engine through the stage, restores the
-latest checkpoint if Ray has one (resharding it for another worker count), walks
-the global sample stream, and reports progress, evaluations and checkpoints.
+latest checkpoint if Ray has one (resharding it for another worker count) or, for
+a branch, starts from another run's checkpoint with this run's own learning-rate
+schedule, walks the global sample stream, and reports progress, evaluations and
+checkpoints (every evaluation reaches Ray Train, with or without a checkpoint).
 """
 from __future__ import annotations
 
@@ -21,7 +23,9 @@ from workloads.checkpointing import (
     TrainingState,
     latest_state,
     needs_resharding,
+    read_state,
     restore,
+    restore_branch,
     save_and_report,
     universal_config,
 )
@@ -69,18 +73,25 @@ def train_worker(payload: dict[str, Any]) -> None:
     peak, peak_source = device_peak_flops(on_gpu, plan.deepspeed.uses_bf16(on_gpu), train_cfg.peak_flops_per_device)
 
     saved = latest_state()
-    reshard = saved is not None and needs_resharding(saved, world // pipeline_stages, pipeline_stages)
+    # A branch starts from another run's checkpoint, once: after its own first checkpoint it resumes from that.
+    origin = Path(payload["branch_from"]) if saved is None and payload.get("branch_from") else None
+    start = saved or (read_state(origin) if origin else None)
+    reshard = start is not None and needs_resharding(start, world // pipeline_stages, pipeline_stages)
     engine, dp_rank, dp_world = stage.build_engine(world, universal_config() if reshard else None)
     if saved:
         restore(engine, saved, Path(plan.run_dir) / "universal", reshard, rank)
-    start_step = saved.step if saved else 0
+    elif origin:
+        restore_branch(engine, origin, start, Path(plan.run_dir) / "universal", reshard, rank)
+    start_step = start.step if start else 0
     # Stream position of the next sample: resuming continues exactly there, whatever the layout now.
-    position = saved.samples_consumed if saved else 0
+    position = start.samples_consumed if start else 0
+    extra_checkpoints = set(payload.get("checkpoint_steps", ()))
     ledger = SampleLedger(plan.run_dir, rank, dp_rank, start_step) if stage.reads_data(engine) else None
 
     log = MetricsLog(Path(plan.run_dir) / METRICS_FILE) if is_chief else None
     if is_chief:
-        where = f"resumed from step {start_step}" if saved else "from scratch"
+        where = (f"resumed from step {start_step}" if saved else
+                 f"branched from {origin} at step {start_step}" if origin else "from scratch")
         layout = f" = {pipeline_stages} pipeline stages x {dp_world} data-parallel" if pipeline_stages > 1 else ""
         print(
             f"{stage.name}: training {where}: {world} worker(s){layout}, global batch {global_batch} x "
@@ -100,7 +111,7 @@ def train_worker(payload: dict[str, Any]) -> None:
         state = TrainingState(step, position, global_batch, dp_world, pipeline_stages, plan.deepspeed.zero_stage)
         save_and_report(engine, state, {"step": step, **metrics}, is_chief, description)
 
-    if stage.evaluate_at_start and not saved:
+    if stage.evaluate_at_start and not start:
         run_eval(0)
     stop_step = min(train_cfg.max_steps, train_cfg.halt_at_step or train_cfg.max_steps)
     window_start, window_steps = time.perf_counter(), 0
@@ -139,12 +150,17 @@ def train_worker(payload: dict[str, Any]) -> None:
             window_start, window_steps = time.perf_counter(), 0
         if is_chief:
             log.log(step, metrics)
-        if step % train_cfg.eval_interval == 0 or step == train_cfg.max_steps:
+        evaluated = step % train_cfg.eval_interval == 0 or step == train_cfg.max_steps
+        if evaluated:
             last_eval, last_eval_step = run_eval(step), step
         at_interval = train_cfg.checkpoint_interval and step % train_cfg.checkpoint_interval == 0
-        if at_interval or step == stop_step:
+        if at_interval or step == stop_step or step in extra_checkpoints:
             checkpoint(step, {"train/loss": metrics["train/loss"], **last_eval, EVAL_STEP_KEY: last_eval_step})
-            window_start = time.perf_counter()  # do not bill checkpoint time to training throughput
+            window_start, window_steps = time.perf_counter(), 0  # do not bill checkpoint time to training throughput
+        elif evaluated:
+            # Every evaluation reaches Ray Train (and whoever listens, e.g. Ray Tune), not only those
+            # that come with a checkpoint.
+            ray.train.report({"step": step, "train/loss": metrics["train/loss"], **last_eval, EVAL_STEP_KEY: step})
 
     if step == start_step:  # nothing left to train: still hand the driver the final numbers
         last_eval = run_eval(step)
