@@ -1,37 +1,44 @@
-"""`python -m orchestrator.report SWEEP_DIR`: the report of a scaling-law sweep.
+"""`python -m orchestrator.report SWEEP`: the report of a scaling-law sweep.
 
-Reads SWEEP_DIR/trials.json, a JSON list of trial records (the fields of
-`orchestrator.scaling.Trial`; failed trials included), and SWEEP_DIR/verify.json
+SWEEP is a sweep directory or the MLflow run id of a sweep's parent run (its
+artifacts are downloaded into a new temporary directory, which is then reported).
+
+Reads SWEEP/trials.json, a JSON list of trial records (the fields of
+`orchestrator.scaling.Trial`; failed trials included), and SWEEP/verify.json
 when there is one (a single trial record: a run trained at a recommended size).
-Fits both scaling laws to the successful trials and writes SWEEP_DIR/report/:
+Fits both scaling laws to the successful trials and writes SWEEP/report/:
 report.md with its PNG plots, report.html (self-contained) and points.csv (the
-fitted points, for `python -m orchestrator.scaling fit`).
-
-Only directories are read here. A sweep kept elsewhere, such as an MLflow run, is
-reported by the code that resolves it: it fetches the run's trials.json (and
-verify.json) into a directory and calls `report_sweep` on that directory.
+fitted points, for `python -m orchestrator.scaling fit`). When SWEEP/sweep.json
+is there (written by `orchestrator.sweep`), the sweep's own sections follow:
+its trials, the fit with N counting the output head, the learning-rate search,
+the schedules' compute and the cluster's utilization.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
+import tempfile
 from pathlib import Path
 
 from orchestrator.config import run_cli
 from orchestrator.scaling import Points, Trial, read_trials, write_points_csv
 from orchestrator.scaling.fit import fit_sweep
-from orchestrator.scaling.report import ReportFiles, write_report
+from orchestrator.scaling.report import ReportFiles, _Document, write_report
 from workloads.errors import UserInputError
 
 TRIALS_FILE = "trials.json"
 VERIFY_FILE = "verify.json"
 REPORT_DIR = "report"
+MLFLOW_RUN_ID = re.compile(r"[0-9a-f]{32}")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m orchestrator.report", description=__doc__.splitlines()[0])
-    parser.add_argument("sweep_dir", type=Path, help=f"a sweep directory holding {TRIALS_FILE}")
+    parser.add_argument("sweep", help=f"a sweep directory holding {TRIALS_FILE}, or the MLflow run id of a sweep's parent run")
+    parser.add_argument("--tracking-uri", default="", help="MLflow tracking URI for a run id (default: $MLFLOW_TRACKING_URI, "
+                        "else sqlite:///mlflow.db in the working directory)")
     parser.add_argument("--target-flops", type=float, help="compute budget to recommend N and D for (default: 10x the largest budget)")
     parser.add_argument("--n-label", default="non-embedding parameters",
                         help="what the trials' N counts, as the report should say it")
@@ -66,12 +73,62 @@ def report_sweep(sweep_dir: Path, target_flops: float | None = None, n_label: st
     out_dir = sweep_dir / REPORT_DIR
     out_dir.mkdir(exist_ok=True)
     write_points_csv(trials, out_dir / "points.csv")
-    return write_report(sweep_dir, trials, fits, out_dir, target_flops=target_flops, verify=verify, n_label=n_label)
+    files = write_report(sweep_dir, trials, fits, out_dir, target_flops=target_flops, verify=verify, n_label=n_label)
+    append_sweep_sections(files, sweep_dir, target_flops, bootstrap, seed)
+    return files
+
+
+def append_sweep_sections(files: ReportFiles, sweep_dir: Path, target_flops: float | None, bootstrap: int, seed: int) -> None:
+    """The sweep's own sections (see `orchestrator.sweeping.summary`) after the report's, in both renderings."""
+    from orchestrator.scaling.report import DEFAULT_TARGET_FACTOR
+    from orchestrator.sweeping.summary import add_sections, read_summary
+
+    summary = read_summary(sweep_dir)
+    if summary is None:
+        return
+    target = target_flops or summary.get("target_flops") or DEFAULT_TARGET_FACTOR * max(summary["budgets"])
+    doc = _Document("sweep")
+    add_sections(doc, sweep_dir, summary, target, bootstrap, seed)
+    markdown = doc.markdown().split("\n", 2)[2]  # without the title line and the blank after it
+    files.markdown.write_text(files.markdown.read_text().rstrip("\n") + "\n\n" + markdown)
+    page = doc.html(files.html.parent)
+    body = page[page.index("</h1>") + len("</h1>"):page.rindex("</body>")]
+    existing = files.html.read_text()
+    cut = existing.rindex("</body>")
+    files.html.write_text(existing[:cut] + body + existing[cut:])
+
+
+def fetch_mlflow_sweep(run_id: str, tracking_uri: str) -> Path:
+    """Download a sweep parent run's trial files into a new temporary directory named after the sweep."""
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    from orchestrator.tracking import resolve_tracking_uri
+
+    uri = resolve_tracking_uri(tracking_uri)
+    client = MlflowClient(uri)
+    try:
+        run = client.get_run(run_id)
+        names = {artifact.path for artifact in client.list_artifacts(run_id)}
+    except MlflowException as err:
+        raise UserInputError(f"{run_id}: no such MLflow run at {uri} ({str(err).splitlines()[0]})") from None
+    if TRIALS_FILE not in names:
+        raise UserInputError(f"{run_id}: the MLflow run has no {TRIALS_FILE} artifact (not a sweep's parent run)")
+    target = Path(tempfile.mkdtemp(prefix=f"sweep-{run_id[:8]}-")) / run.data.tags.get("orchestrator.sweep", run_id)
+    target.mkdir()
+    for name in sorted(names):
+        if name.endswith(".json"):
+            client.download_artifacts(run_id, name, str(target))
+    return target
 
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    files = report_sweep(args.sweep_dir, args.target_flops, args.n_label, args.bootstrap, args.seed)
+    sweep_dir = Path(args.sweep)
+    if not sweep_dir.exists() and MLFLOW_RUN_ID.fullmatch(args.sweep):
+        sweep_dir = fetch_mlflow_sweep(args.sweep, args.tracking_uri)
+        print(f"report: MLflow run {args.sweep}'s trials fetched into {sweep_dir}")
+    files = report_sweep(sweep_dir, args.target_flops, args.n_label, args.bootstrap, args.seed)
     print(f"report: {files.markdown}\nreport: {files.html}")
 
 
