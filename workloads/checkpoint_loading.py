@@ -44,9 +44,13 @@ SCALAR_HEAD = "scalar_head"  # a ScalarHeadModel: GPT backbone + one number per 
 
 def describe_checkpoint(
     model: ModelConfig, tokenizer: Tokenizer, dataset_dir: str, train: Any, stage: str = "pretrain",
-    kind: str = LANGUAGE_MODEL,
+    kind: str = LANGUAGE_MODEL, weights_prefix: str = "",
 ) -> dict[str, bytes]:
-    """The files that make a checkpoint self-describing: {file name: content}."""
+    """The files that make a checkpoint self-describing: {file name: content}.
+
+    `weights_prefix`: the trained module holds more than this model (an RL learner's policy and
+    critic), and the model's weights are those under this prefix of its state dict.
+    """
     description = {
         "format": DESCRIPTION_FORMAT,
         "stage": stage,
@@ -57,6 +61,8 @@ def describe_checkpoint(
         # What `orchestrator.evaluate --dataset` needs to repeat training's own evaluation.
         "evaluation": {"eval_samples": train.eval_samples, "micro_batch_size": train.micro_batch_size},
     }
+    if weights_prefix:
+        description["weights_prefix"] = weights_prefix
     return {DESCRIPTION_FILE: json.dumps(description, indent=2).encode(), TOKENIZER_FILE: tokenizer.model_bytes}
 
 
@@ -103,7 +109,7 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> Loa
     if tokenizer.sha256 != description["tokenizer"]["sha256"]:
         raise UserInputError(f"{checkpoint / TOKENIZER_FILE}: sha256 differs from {DESCRIPTION_FILE}'s; the checkpoint is damaged")
     state = json.loads((checkpoint / MARKER_FILE).read_text())
-    weights = read_weights(checkpoint, state, config, device)
+    weights = own_weights(read_weights(checkpoint, state, config, device), description)
     model = ScalarHeadModel(GPT(config)) if description.get("kind") == SCALAR_HEAD else GPT(config)
     load_weights_into(model, weights, checkpoint)
     model.to(device).eval()
@@ -134,7 +140,15 @@ def read_language_model_weights(path: str | Path, config: ModelConfig) -> dict[s
     if description.get("kind", LANGUAGE_MODEL) != LANGUAGE_MODEL:
         raise UserInputError(f"{checkpoint}: holds a {description['kind']}, not a language model to start from")
     state = json.loads((checkpoint / MARKER_FILE).read_text())
-    return read_weights(checkpoint, state, config, "cpu")
+    return own_weights(read_weights(checkpoint, state, config, "cpu"), description)
+
+
+def own_weights(weights: dict[str, torch.Tensor], description: dict[str, Any]) -> dict[str, torch.Tensor]:
+    """The described model's weights among a checkpoint's (those under its `weights_prefix`, renamed)."""
+    prefix = description.get("weights_prefix", "")
+    if not prefix:
+        return weights
+    return {name.removeprefix(prefix): tensor for name, tensor in weights.items() if name.startswith(prefix)}
 
 
 def read_description(checkpoint: Path) -> dict[str, Any]:
