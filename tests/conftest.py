@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from pretrain_helpers import ensure_local_ray
+from pretrain_helpers import ensure_local_ray, train_stage
 
 REPO = Path(__file__).resolve().parent.parent
 # DeepSpeed JIT-compiles a small CPU comm op once (20-30 s); keep it across test runs.
@@ -71,3 +71,23 @@ def tiny_run(tiny_dataset, tmp_path_factory) -> dict:
 def tiny_checkpoint(tiny_run) -> Path:
     """The final checkpoint directory of the shared tiny run."""
     return tiny_run["checkpoint"]
+
+
+@pytest.fixture(scope="session")
+def alignment_home(tmp_path_factory, tiny_run) -> dict:
+    """Where the alignment stages' shared runs live: {"root", "runs", "uri", "pretrained"}."""
+    root = tmp_path_factory.mktemp("alignment")
+    return {"root": root, "runs": root / "runs", "uri": f"sqlite:///{root / 'mlflow.db'}",
+            "pretrained": tiny_run["checkpoint"]}
+
+
+@pytest.fixture(scope="session")
+def tiny_sft(alignment_home) -> dict:
+    """The SFT recipe trained once from the shared tiny checkpoint (run sft-tiny), for every stage after SFT."""
+    return train_stage("sft", alignment_home, alignment_home["pretrained"])
+
+
+@pytest.fixture(scope="session")
+def tiny_reward_model(alignment_home, tiny_sft) -> dict:
+    """The reward-model recipe trained once from the shared SFT checkpoint (run reward-tiny)."""
+    return train_stage("reward", alignment_home, tiny_sft["checkpoint"])

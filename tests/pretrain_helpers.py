@@ -91,3 +91,13 @@ def start_mlflow_server(root: Path, port: int) -> subprocess.Popen:
             server.kill()
             raise RuntimeError("mlflow server did not come up")
         time.sleep(0.5)
+
+
+def train_stage(stage: str, home: dict, start, *overrides: str) -> dict:
+    """One fine-tuning stage's tiny recipe, run in `home` from `start`; its final metrics."""
+    from orchestrator.alignment import parse_stage_cli, run_stage
+
+    ensure_local_ray()
+    argv = ["--config", "tiny", f"--run.output_dir={home['runs']}", f"--tracking.uri={home['uri']}",
+            f"--model.init_from={start}", *overrides]
+    return run_stage(stage, parse_stage_cli(stage, argv))

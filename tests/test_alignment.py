@@ -13,32 +13,30 @@ import sys
 import pytest
 from mlflow.tracking import MlflowClient
 
-from orchestrator.alignment import parse_stage_cli, run_stage
-from pretrain_helpers import ensure_local_ray, step_metrics
+from orchestrator.alignment import parse_stage_cli
+from pretrain_helpers import step_metrics, train_stage
 from workloads.errors import UserInputError
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def workspace(tmp_path_factory, tiny_run):
-    root = tmp_path_factory.mktemp("alignment")
-    return {"root": root, "uri": f"sqlite:///{root / 'mlflow.db'}", "pretrained": tiny_run["checkpoint"]}
+def workspace(alignment_home):
+    return alignment_home
 
 
 def stage_args(workspace, *overrides: str) -> list[str]:
-    return ["--config", "tiny", f"--run.output_dir={workspace['root'] / 'runs'}", f"--tracking.uri={workspace['uri']}",
+    return ["--config", "tiny", f"--run.output_dir={workspace['runs']}", f"--tracking.uri={workspace['uri']}",
             *overrides]
 
 
 def train(stage: str, workspace, start, *overrides: str) -> dict:
-    ensure_local_ray()
-    return run_stage(stage, parse_stage_cli(stage, stage_args(workspace, f"--model.init_from={start}", *overrides)))
+    return train_stage(stage, workspace, start, *overrides)
 
 
 @pytest.fixture(scope="module")
-def sft(workspace):
-    return train("sft", workspace, workspace["pretrained"])
+def sft(tiny_sft):
+    return tiny_sft
 
 
 def test_sft_lowers_the_held_out_response_loss_of_the_pretrained_model(sft, workspace):
@@ -48,8 +46,8 @@ def test_sft_lowers_the_held_out_response_loss_of_the_pretrained_model(sft, work
           f"property rate after SFT {sft['task/property_rate']:.3f}")
 
 
-def test_the_reward_model_ranks_held_out_pairs(sft, workspace):
-    reward = train("reward", workspace, sft["checkpoint"])
+def test_the_reward_model_ranks_held_out_pairs(tiny_reward_model, workspace):
+    reward = tiny_reward_model
     print(f"reward model: held-out pairwise accuracy {reward['eval/accuracy']:.3f}, margin {reward['eval/margin']:.3f}; "
           f"built-in held-out prompts {reward['task/heldout_accuracy']:.3f}")
     assert reward["eval/accuracy"] >= 0.8 and reward["task/heldout_accuracy"] >= 0.8
