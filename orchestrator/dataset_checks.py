@@ -20,7 +20,7 @@ from typing import Any
 
 from orchestrator.pretrain_config import PretrainConfig
 from workloads.data.loader import PackedDataset, load_manifest
-from workloads.data.shards import file_sha256
+from workloads.data.shards import check_shard_sha256, file_sha256
 from workloads.errors import UserInputError
 from workloads.tokenizer import Tokenizer
 
@@ -64,15 +64,7 @@ def verify_shard_checksums(dataset_dir: Path, manifest: dict[str, Any]) -> None:
                 raise UserInputError(f"{path}: unreadable shard ({e.strerror})") from e
             if record.get(shard["file"]) == {"signature": signature, "sha256": shard["sha256"]}:
                 continue
-            try:
-                actual = file_sha256(path)
-            except OSError as e:
-                raise UserInputError(f"{path}: unreadable shard ({e.strerror})") from e
-            if actual != shard["sha256"]:
-                raise UserInputError(
-                    f"{path}: sha256 {actual[:12]}... differs from the manifest's {shard['sha256'][:12]}...; "
-                    "the shard is corrupted, prepare the dataset again"
-                )
+            actual = check_shard_sha256(path, shard["sha256"])
             record[shard["file"]] = {"signature": signature, "sha256": actual}
             changed = True
     if changed:

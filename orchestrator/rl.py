@@ -29,6 +29,7 @@ from orchestrator import ray_runtime
 from orchestrator.alignment import (
     SHAPE_FIELDS,
     SampleConfig,
+    StageConfig,
     dataset_root,
     heldout_records,
     lineage_tags,
@@ -37,14 +38,11 @@ from orchestrator.alignment import (
 )
 from orchestrator.config import RECIPE_DIR, parse_tree, run_cli
 from orchestrator.launch import Launch, train_on_ray
-from orchestrator.pretrain_config import RunConfig, ScalingConfig, TrackingConfig
 from orchestrator.stage_data import BUILTIN, builtin_files, read_jsonl
 from workloads.checkpoint_loading import SCALAR_HEAD, load_checkpoint, read_description, resolve_checkpoint
-from workloads.engine import DeepSpeedConfig
 from workloads.errors import UserInputError
 from workloads.generation import Sampling, generate
 from workloads.model import ModelConfig
-from workloads.pipeline import ParallelConfig
 from workloads.rl.batch import Rollouts, mean_token_kl
 from workloads.rl.config import GRPOConfig, KLConfig, PPOConfig, RewardConfig, RolloutConfig
 from workloads.rl.learner import SAMPLES_FILE, STOP_FILE, learner_worker
@@ -54,7 +52,7 @@ from workloads.rl.rollout import ActorRole, ActorSpec, RolloutWorker
 from workloads.schema import option
 from workloads.task import has_property, render_chat
 from workloads.tokenizer import Tokenizer
-from workloads.train_config import CADENCE_FIELDS, TrainConfig
+from workloads.train_config import CADENCE_FIELDS
 
 SUMMARIES = {
     "ppo": "PPO from an SFT checkpoint: clipped surrogate, a critic and GAE, a KL penalty in the reward; rollout "
@@ -85,18 +83,10 @@ class PromptDataConfig:
 
 
 @dataclass
-class RLStageConfig:
-    """The tree PPO and GRPO share."""
+class RLStageConfig(StageConfig):
+    """The tree PPO and GRPO share: a fine-tuning stage's, with prompts for data and the RL sections."""
 
-    run: RunConfig = dataclasses.field(default_factory=RunConfig)
     data: PromptDataConfig = dataclasses.field(default_factory=PromptDataConfig)
-    model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
-    train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
-    deepspeed: DeepSpeedConfig = dataclasses.field(default_factory=DeepSpeedConfig)
-    parallel: ParallelConfig = dataclasses.field(default_factory=ParallelConfig)
-    scaling: ScalingConfig = dataclasses.field(default_factory=ScalingConfig)
-    tracking: TrackingConfig = dataclasses.field(default_factory=TrackingConfig)
-    samples: SampleConfig = dataclasses.field(default_factory=SampleConfig)
     rl: RolloutConfig = dataclasses.field(default_factory=RolloutConfig)
     reward: RewardConfig = dataclasses.field(default_factory=RewardConfig)
     kl: KLConfig = dataclasses.field(default_factory=KLConfig)

@@ -19,6 +19,7 @@ from orchestrator.pretrain import parse_cli as parse_pretrain
 from orchestrator.sweep import base_config, main, parse_cli
 from orchestrator.sweeping.design import GRID, LR_SEARCH, decay_start, design
 from orchestrator.sweeping.family import size_for
+from workloads.data import shards as shards_module
 from workloads.errors import UserInputError
 from workloads.model import count_parameters, training_flops_per_token
 
@@ -141,8 +142,8 @@ def test_launch_checks_hash_each_shard_once_and_again_only_when_it_changed(tiny_
     (dataset / dataset_checks.VERIFIED_FILE).unlink(missing_ok=True)
     cfg = parse_pretrain(["--config", "tiny", f"--data.corpus={dataset}"])
     hashed = []
-    real_sha256 = dataset_checks.file_sha256
-    monkeypatch.setattr(dataset_checks, "file_sha256", lambda path: hashed.append(Path(path).name) or real_sha256(path))
+    real_sha256 = shards_module.file_sha256  # what every shard check hashes with: count its calls
+    monkeypatch.setattr(shards_module, "file_sha256", lambda path: hashed.append(Path(path).name) or real_sha256(path))
 
     dataset_checks.check_dataset(cfg, dataset)
     shards = {"train-00000.arrow", "val-00000.arrow"}

@@ -14,7 +14,7 @@ import pyarrow as pa
 import torch
 from pyarrow import ipc
 
-from workloads.data.shards import FORMAT_VERSION, MANIFEST_FILE, file_sha256, shard_schema
+from workloads.data.shards import FORMAT_VERSION, MANIFEST_FILE, check_shard_sha256, shard_schema
 from workloads.errors import UserInputError
 
 
@@ -90,16 +90,7 @@ class PackedDataset:
     def verify_checksums(self) -> None:
         """Recompute every shard's sha256; raise UserInputError naming the first that differs."""
         for shard in self._shards:
-            path = self.dataset_dir / shard["file"]
-            try:
-                actual = file_sha256(path)
-            except OSError as e:
-                raise UserInputError(f"{path}: unreadable shard ({e.strerror})") from e
-            if actual != shard["sha256"]:
-                raise UserInputError(
-                    f"{path}: sha256 {actual[:12]}... differs from the manifest's {shard['sha256'][:12]}...; "
-                    "the shard is corrupted, prepare the dataset again"
-                )
+            check_shard_sha256(self.dataset_dir / shard["file"], shard["sha256"])
 
 
 def _map_shard(path: Path, seq_len: int, num_samples: int) -> tuple[list[np.ndarray], list[np.ndarray]]:

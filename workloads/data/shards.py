@@ -63,6 +63,22 @@ def file_sha256(path: Path) -> str:
     return sha.hexdigest()
 
 
+def check_shard_sha256(path: Path, expected: str) -> str:
+    """The shard's sha256 when it equals the manifest's `expected`; one line naming the shard otherwise."""
+    from workloads.errors import UserInputError
+
+    try:
+        actual = file_sha256(path)
+    except OSError as e:
+        raise UserInputError(f"{path}: unreadable shard ({e.strerror})") from e
+    if actual != expected:
+        raise UserInputError(
+            f"{path}: sha256 {actual[:12]}... differs from the manifest's {expected[:12]}...; "
+            "the shard is corrupted, prepare the dataset again"
+        )
+    return actual
+
+
 def _fixed_size_lists(rows: np.ndarray) -> pa.FixedSizeListArray:
     rows = np.ascontiguousarray(rows, dtype=np.int32)  # (n, seq_len+1)
     return pa.FixedSizeListArray.from_arrays(pa.array(rows.reshape(-1)), rows.shape[1])
