@@ -149,8 +149,16 @@ def starting_model(init_from: str) -> tuple[ModelConfig, Path]:
 
 def resolve_stage_model(cfg: StageConfig) -> None:
     """Take the model's shape from the starting checkpoint; refuse a shape field set to something else."""
+    take_model_from_start(cfg)
+    if not cfg.data.seq_len:
+        cfg.data.seq_len = cfg.model.max_seq_len
+
+
+def take_model_from_start(cfg: StageConfig) -> Path:
+    """cfg.model becomes the starting checkpoint's (init_from resolved; a shape field set to something
+    else refused); returns the checkpoint's tokenizer file."""
     cfg.model.init_from = resolve_init_from(cfg.model.init_from, cfg.tracking.uri)
-    start, _ = starting_model(cfg.model.init_from)
+    start, tokenizer_file = starting_model(cfg.model.init_from)
     defaults = ModelConfig()
     for name in SHAPE_FIELDS:
         given, theirs = getattr(cfg.model, name), getattr(start, name)
@@ -158,8 +166,7 @@ def resolve_stage_model(cfg: StageConfig) -> None:
             raise UserInputError(f"model.{name}={given!r} disagrees with the starting checkpoint's {theirs!r} "
                                  f"({cfg.model.init_from}); the model's shape comes from the checkpoint")
     cfg.model = dataclasses.replace(start, init_from=cfg.model.init_from, dropout=cfg.model.dropout)
-    if not cfg.data.seq_len:
-        cfg.data.seq_len = cfg.model.max_seq_len
+    return tokenizer_file
 
 
 def parse_stage_cli(stage: str, argv: list[str] | None) -> StageConfig:

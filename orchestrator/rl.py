@@ -27,14 +27,13 @@ import torch
 
 from orchestrator import ray_runtime
 from orchestrator.alignment import (
-    SHAPE_FIELDS,
     SampleConfig,
     StageConfig,
     dataset_root,
     heldout_records,
     lineage_tags,
-    resolve_init_from,
     starting_model,
+    take_model_from_start,
 )
 from orchestrator.config import RECIPE_DIR, parse_tree, run_cli
 from orchestrator.launch import Launch, train_on_ray
@@ -42,7 +41,6 @@ from orchestrator.stage_data import BUILTIN, builtin_files, read_jsonl
 from workloads.checkpoint_loading import SCALAR_HEAD, load_checkpoint, read_description, resolve_checkpoint
 from workloads.errors import UserInputError
 from workloads.generation import Sampling, generate
-from workloads.model import ModelConfig
 from workloads.rl.batch import Rollouts, mean_token_kl
 from workloads.rl.config import GRPOConfig, KLConfig, PPOConfig, RewardConfig, RolloutConfig
 from workloads.rl.learner import SAMPLES_FILE, STOP_FILE, learner_worker
@@ -162,15 +160,7 @@ TREES = {"ppo": PPOStageConfig, "grpo": GRPOStageConfig}
 def resolve_rl_models(cfg: RLStageConfig) -> None:
     """The policy's shape from the starting checkpoint (as the fine-tuning stages take it); the reward
     model's checkpoint, refused unless it is a reward model with the policy's tokenizer."""
-    cfg.model.init_from = resolve_init_from(cfg.model.init_from, cfg.tracking.uri)
-    start, tokenizer_file = starting_model(cfg.model.init_from)
-    defaults = ModelConfig()
-    for name in SHAPE_FIELDS:
-        given, theirs = getattr(cfg.model, name), getattr(start, name)
-        if given != getattr(defaults, name) and given != theirs:
-            raise UserInputError(f"model.{name}={given!r} disagrees with the starting checkpoint's {theirs!r} "
-                                 f"({cfg.model.init_from}); the model's shape comes from the checkpoint")
-    cfg.model = dataclasses.replace(start, init_from=cfg.model.init_from, dropout=cfg.model.dropout)
+    tokenizer_file = take_model_from_start(cfg)
     if cfg.reward.model:
         cfg.reward.model = check_reward_model(cfg.reward.model, Tokenizer.load(tokenizer_file).sha256)
 
