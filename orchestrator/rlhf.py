@@ -1,4 +1,4 @@
-"""`python -m orchestrator.rlhf`: the whole path in one command, pretrain -> SFT -> reward model -> DPO.
+"""`python -m orchestrator.rlhf`: the whole path in one command, pretrain -> SFT -> reward model -> DPO -> PPO -> GRPO.
 
 Each stage runs with its own recipe and overrides (the `chain.` section) as a nested
 child run under one MLflow parent run. A stage's output is addressed by a hash of its
@@ -7,7 +7,9 @@ recipe, its overrides and the hashes of every stage before it: its run is named
 resumes an interrupted one (same run name: it continues from its latest checkpoint),
 and re-runs a stage whose config or inputs changed together with every stage after it.
 SFT, the reward model and DPO start from the SFT-side checkpoints as InstructGPT does:
-SFT from pretrain, the reward model and DPO from SFT.
+SFT from pretrain, the reward model and DPO from SFT. PPO and GRPO start from SFT too, so that
+their results compare with DPO's; PPO's reward is the chain's reward model (unless its
+overrides name a reward), GRPO's the reward its recipe names (the built-in task's rule).
 """
 from __future__ import annotations
 
@@ -27,8 +29,9 @@ from workloads.errors import UserInputError
 from workloads.schema import option
 from workloads.train_config import CADENCE_FIELDS
 
-STAGE_ORDER = ("pretrain", "sft", "reward", "dpo")
-STARTS_FROM = {"sft": "pretrain", "reward": "sft", "dpo": "sft"}
+STAGE_ORDER = ("pretrain", "sft", "reward", "dpo", "ppo", "grpo")
+STARTS_FROM = {"sft": "pretrain", "reward": "sft", "dpo": "sft", "ppo": "sft", "grpo": "sft"}
+RL_STAGES = ("ppo", "grpo")
 STATE_FILE = "chain.json"
 
 
@@ -48,11 +51,13 @@ class ChainRunConfig:
 class ChainConfig:
     """The stages, in order, each `{config: RECIPE, overrides: {section.field: value}}`."""
 
-    stages: list = option(list(STAGE_ORDER), "stages to run, in order (a prefix of pretrain, sft, reward, dpo)")
+    stages: list = option(list(STAGE_ORDER), f"stages to run, in order (a prefix of {', '.join(STAGE_ORDER)})")
     pretrain: dict = option({"config": "tiny"}, "pretrain's recipe and overrides")
     sft: dict = option({"config": "tiny"}, "SFT's recipe and overrides")
     reward: dict = option({"config": "tiny"}, "the reward model's recipe and overrides")
     dpo: dict = option({"config": "tiny"}, "DPO's recipe and overrides")
+    ppo: dict = option({"config": "tiny"}, "PPO's recipe and overrides (its reward.model: the chain's reward model)")
+    grpo: dict = option({"config": "tiny"}, "GRPO's recipe and overrides")
 
     def validate(self) -> None:
         if list(self.stages) != list(STAGE_ORDER[: len(self.stages)]) or not self.stages:
@@ -80,11 +85,15 @@ def parse_cli(argv: list[str] | None) -> RLHFConfig:
                       recipe_dir=RECIPE_DIR / "rlhf")
 
 
-def stage_argv(cfg: RLHFConfig, stage: str, run_name: str, start: str, tracking_uri: str) -> list[str]:
+def stage_argv(cfg: RLHFConfig, stage: str, run_name: str, start: str, tracking_uri: str,
+               reward_model: str = "") -> list[str]:
     spec = getattr(cfg.chain, stage)
+    overrides = spec.get("overrides", {})
     argv = ["--config", spec.get("config", "tiny"), f"--run.name={run_name}", f"--run.output_dir={cfg.run.output_dir}",
             f"--tracking.uri={tracking_uri}", f"--tracking.experiment={cfg.tracking.experiment}"]
-    argv += [f"--{key}={value}" for key, value in spec.get("overrides", {}).items()]
+    if stage == "ppo" and reward_model and not {"reward.model", "reward.function"} & set(overrides):
+        argv.append(f"--reward.model={reward_model}")
+    argv += [f"--{key}={value}" for key, value in overrides.items()]
     if start:
         argv.append(f"--model.init_from={start}")
     return argv
@@ -126,6 +135,7 @@ def run_chain(cfg: RLHFConfig) -> dict[str, dict[str, Any]]:
     from orchestrator.alignment import parse_stage_cli, run_stage
     from orchestrator.pretrain import parse_cli as parse_pretrain
     from orchestrator.pretrain import pretrain
+    from orchestrator.rl import parse_rl_cli, run_rl
 
     started = time.perf_counter()
     home = Path(cfg.run.output_dir).resolve() / cfg.run.name
@@ -149,11 +159,15 @@ def run_chain(cfg: RLHFConfig) -> dict[str, dict[str, Any]]:
             outcome[stage] = {**done, "skipped": True}
             continue
         start = outcome[STARTS_FROM[stage]]["checkpoint"] if stage in STARTS_FROM else ""
-        argv = stage_argv(cfg, stage, run_name, start, uri)
+        reward_model = outcome["reward"]["checkpoint"] if "reward" in outcome else ""
+        argv = stage_argv(cfg, stage, run_name, start, uri, reward_model)
         print(f"rlhf: {stage}: running {run_name}")
         if stage == "pretrain":
             stage_cfg = parse_pretrain(argv)
             final = pretrain(stage_cfg, tags={"mlflow.parentRunId": parent})
+        elif stage in RL_STAGES:
+            stage_cfg = parse_rl_cli(stage, argv)
+            final = run_rl(stage_cfg, parent_run_id=parent)
         else:
             stage_cfg = parse_stage_cli(stage, argv)
             final = run_stage(stage, stage_cfg, parent_run_id=parent)
@@ -173,7 +187,7 @@ def run_chain(cfg: RLHFConfig) -> dict[str, dict[str, Any]]:
     client.log_metric(parent, "run/wall_s", time.perf_counter() - started)
     client.set_terminated(parent, "FINISHED")
     for stage, result in outcome.items():
-        shown = {k: round(v, 4) for k, v in result["metrics"].items() if k.startswith(("eval/", "task/"))}
+        shown = {k: round(v, 4) for k, v in result["metrics"].items() if k.startswith(("eval/", "task/", "heldout/"))}
         print(f"rlhf: {stage}: {result['run_name']}{' (skipped)' if result['skipped'] else ''} | {shown}")
     print(f"rlhf: done in {time.perf_counter() - started:.0f} s")
     return outcome

@@ -60,3 +60,18 @@ def test_the_chain_skips_resumes_and_reruns(tiny_dataset, tmp_path, ray_local):
     for stage in ("pretrain", "sft", "reward"):
         child = client.get_run(fourth[stage]["mlflow_run_id"])
         assert child.data.tags["mlflow.parentRunId"] == parent, stage
+
+
+def test_ppo_in_the_chain_scores_with_the_chains_reward_model_unless_told_otherwise(tmp_path):
+    from orchestrator.rlhf import stage_argv
+
+    cfg = parse_cli(["--config", "tiny", f"--run.output_dir={tmp_path}"])
+    assert cfg.chain.stages == ["pretrain", "sft", "reward", "dpo", "ppo", "grpo"]
+    argv = stage_argv(cfg, "ppo", "ppo-1", "SFT-CHECKPOINT", "sqlite:///x.db", reward_model="RM-CHECKPOINT")
+    assert "--reward.model=RM-CHECKPOINT" in argv and argv[-1] == "--model.init_from=SFT-CHECKPOINT"
+    cfg.chain.ppo = {"config": "tiny", "overrides": {"reward.function": "workloads.task:property_reward"}}
+    argv = stage_argv(cfg, "ppo", "ppo-1", "SFT-CHECKPOINT", "sqlite:///x.db", reward_model="RM-CHECKPOINT")
+    assert not any(a.startswith("--reward.model=") for a in argv)
+    assert "--reward.function=workloads.task:property_reward" in argv
+    grpo = stage_argv(cfg, "grpo", "grpo-1", "SFT-CHECKPOINT", "sqlite:///x.db", reward_model="RM-CHECKPOINT")
+    assert not any(a.startswith("--reward.") for a in grpo)  # its recipe's rule reward
