@@ -13,6 +13,13 @@ same machine, so that a slow or busy machine moves both sides:
   generate_cache_speedup  greedy generation tokens/s with the KV cache / without it (the default recipe's model,
                           batch 8, 32-token prompts, 192 new tokens, 2 threads)
   generate_vs_transformers  the same KV-cache generation / transformers' `generate` on the model exported to it
+  sweep_trial_vs_pretrain  steady-state tokens/s of a scaling-law sweep's longest trial, trained while the
+                          sweep fills the machine / the same trial config run alone with `orchestrator.pretrain`
+  sweep_utilization       that sweep's CPU-seconds of trial training steps / (wall x cluster CPUs)
+  rl_generation_share     share of a GRPO iteration spent generating (the grpo tiny recipe, separated mode,
+                          from a 30-step tiny pretrain checkpoint; iterations after the first), reported
+  rl_sync_s               seconds to put the default recipe's policy weights in the object store and load them
+                          into 2 rollout actors (median of 5), reported
   --quality TEXTFILE      validation bits per byte within nanoGPT's FLOP budget (orchestrator.bench_quality)
   --gpu                   tokens/s, MFU and peak memory of the GPU recipes' models on one GPU, bf16
 
@@ -25,6 +32,7 @@ quality recipe (for tuning it).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import re
@@ -52,6 +60,11 @@ THROUGHPUT_RECIPE = "default"
 WARMUP_STEPS = 3  # steps left out of steady-state throughput (allocator, caches, first-call costs)
 GPU_RECIPES = ("gpt-125m-gpu", "gpt-1b-gpu")
 GENERATE_BATCH, GENERATE_PROMPT_TOKENS, GENERATE_NEW_TOKENS = 8, 32, 192  # 32 + 192 fit the recipe's 256-token context
+# The sweep measured: the cpu sweep recipe cut to 2 budgets x 3 sizes (6 trials of 520-2790 steps,
+# 3 sizes at 1e12 and 2e12 FLOPs), no verification run (it trains alone, after the grid), no bootstrap.
+SWEEP_RECIPE = "cpu"
+SWEEP_OVERRIDES = ("--sweep.budgets=[1.0e+12, 2.0e+12]", "--sweep.sizes_per_budget=3", "--sweep.verify=false",
+                   "--sweep.bootstrap=0")
 
 # key: (comparison the measured value must pass, goal)
 GOALS = {
@@ -62,10 +75,14 @@ GOALS = {
     "first_step_s": ("<=", 15.0),
     "generate_cache_speedup": (">=", 5.0),
     "generate_vs_transformers": (">=", 1.0),
+    "sweep_trial_vs_pretrain": (">=", 0.9),
+    "sweep_utilization": (">=", 0.7),
     "quality_bpb": ("<", 2.72),  # beat nanoGPT's baby GPT (orchestrator.bench_quality)
 }
 _COMPARE = {">=": float.__ge__, "<=": float.__le__, "<": float.__lt__}
-SECTIONS = ("prepare", "loader", "throughput", "quality", "first_step", "generate", "gpu")
+REPORTED = ("rl_generation_share", "rl_sync_s")  # measured and shown, no goal
+RL_ITERATIONS = 6
+SECTIONS = ("prepare", "loader", "throughput", "quality", "first_step", "generate", "sweep", "rl", "gpu")
 
 
 def say(message: str) -> None:
@@ -560,6 +577,117 @@ def gpu_bench(steps: int = 10) -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------------------
+# sweep: trials launched by Ray Tune against the same run alone
+# ---------------------------------------------------------------------------
+
+def measure_sweep(workdir: Path) -> dict[str, Any]:
+    """A small scaling-law sweep filling the machine, then its longest trial's config alone.
+
+    Both runs' steady tokens/s come from their own metrics.jsonl (warm-up steps left out),
+    with the same evaluation and checkpoint cadence, the same threads and the same CPUs
+    reserved. The sweep's utilization is its own account (orchestrator.sweeping.summary).
+    """
+    from orchestrator import sweep as sweep_cli
+    from orchestrator.sweeping.records import read_record
+
+    name = "bench-sweep"
+    argv = ["--config", SWEEP_RECIPE, f"--run.name={name}", f"--run.output_dir={workdir / 'sweep-runs'}",
+            f"--tracking.uri={tracking_uri(workdir)}", *SWEEP_OVERRIDES]
+    shutil.rmtree(workdir / "sweep-runs" / name, ignore_errors=True)  # a whole sweep every time, nothing read back
+    started = time.perf_counter()
+    try:
+        sweep_cli.main(argv)
+    except UserInputError as err:  # a grid this small may not fit a law: the timings are what is measured here
+        if not str(err).startswith("sweep: trials done"):
+            raise
+        say(f"sweep: {err}")
+    wall = time.perf_counter() - started
+    sweep_dir = workdir / "sweep-runs" / name
+    summary = json.loads((sweep_dir / "sweep.json").read_text())
+    longest = max((t for t in summary["trials"] if t["kind"] == "grid"), key=lambda t: t["steps"])
+    trial_dir = sweep_dir / "trials" / longest["name"]
+    record = read_record(trial_dir)
+    tokens_step = summary["tokens_per_step"]
+    in_sweep = steady_tokens_per_s(step_times_from_metrics(trial_dir / METRICS_FILE)[1:], tokens_step)
+    say(f"sweep: {longest['name']} trained at {in_sweep:,.0f} tok/s in the sweep; now the same config alone")
+    alone_args = [a for a in record["argv"] if not a.startswith(("--run.name=", "--run.output_dir="))]
+    cfg = parse_cli([*alone_args, "--run.name=bench-sweep-alone", f"--run.output_dir={workdir / 'runs'}", "--run.fresh=true"])
+    pretrain(cfg)
+    alone = steady_tokens_per_s(step_times_from_metrics(cfg.run.run_dir() / METRICS_FILE)[1:], tokens_step)
+    usage = summary["utilization"]
+    return {
+        "sweep_trial_vs_pretrain": in_sweep / alone,
+        "sweep_utilization": usage["utilization"],
+        "details": {
+            "recipe": SWEEP_RECIPE, "overrides": list(SWEEP_OVERRIDES), "trials": len(summary["trials"]),
+            "wall_s": wall, "trial_wall_s": usage["wall_s"], "cluster_cpus": usage["cluster_cpus"],
+            "launch_share": usage["launch_share"], "measured_trial": longest["name"], "steps": longest["steps"],
+            "trial_tokens_per_s_in_sweep": in_sweep, "trial_tokens_per_s_alone": alone,
+            "launch_s_per_trial": [r["timing"]["launch_s"] for r in map(read_record, sweep_dir.glob("trials/*"))
+                                   if r and r.get("timing")],
+        },
+    }
+
+
+# ---------------------------------------------------------------------------
+# rl: where a GRPO iteration's time goes, and the weight sync of the default model
+# ---------------------------------------------------------------------------
+
+def measure_rl(workdir: Path) -> dict[str, Any]:
+    """A short GRPO run (rollout actors, rule reward, DeepSpeed learner) and a timed weight sync."""
+    import statistics
+
+    import ray
+    import torch
+
+    from orchestrator.rl import parse_rl_cli, run_rl
+    from workloads.model import GPT
+    from workloads.rl.controller import push_weights
+    from workloads.rl.rollout import ActorRole, ActorSpec, RolloutWorker
+
+    uri = tracking_uri(workdir)
+    runs = workdir / "rl-runs"
+    start = pretrain(parse_cli(["--config", "tiny", "--run.name=bench-rl-start", f"--run.output_dir={runs}",
+                                f"--tracking.uri={uri}", "--train.max_steps=30", "--run.fresh=true"]))
+    cfg = parse_rl_cli("grpo", ["--config", "tiny", "--run.name=bench-grpo", f"--run.output_dir={runs}",
+                                f"--tracking.uri={uri}", f"--model.init_from={start['checkpoint']}",
+                                f"--train.max_steps={RL_ITERATIONS}", "--run.fresh=true"])
+    run_rl(cfg)
+    lines = [json.loads(line) for line in (cfg.run.run_dir() / METRICS_FILE).read_text().splitlines()]
+    steady = [line for line in lines if line.get("step", 0) > 1 and "rl/generation_share" in line]
+    shares = {phase: statistics.mean(line[f"rl/{phase}_share"] for line in steady)
+              for phase in ("sync", "generation", "scoring", "learning")}
+
+    model_cfg = parse_cli(["--config", THROUGHPUT_RECIPE]).model
+    torch.manual_seed(0)
+    policy = GPT(model_cfg)
+    spec = ActorSpec(RolloutWorker, {"model": dataclasses.asdict(model_cfg), "sampling": {"temperature": 1.0},
+                                     "max_new_tokens": 8, "eos_id": 0}, 0.25)
+    role = ActorRole("rollout", spec, [spec.start() for _ in range(2)])
+    try:
+        ray.get([handle.pid.remote() for handle in role.handles])
+        seconds = []
+        for version in range(6):  # the first one warms up the actors' receiving path
+            began = time.perf_counter()
+            push_weights(role, policy, version)
+            seconds.append(time.perf_counter() - began)
+    finally:
+        role.stop()
+    parameters = sum(p.numel() for p in policy.parameters())
+    return {
+        "rl_generation_share": shares["generation"],
+        "rl_sync_s": statistics.median(seconds[1:]),
+        "details": {
+            "grpo_iterations": RL_ITERATIONS, "iteration_shares": shares,
+            "iteration_s": statistics.mean(line["rl/iteration_s"] for line in steady),
+            "rollout_tokens_per_s": statistics.mean(line["perf/rollout_tokens_per_s"] for line in steady),
+            "sync_model": f"{model_cfg.n_layers} x {model_cfg.d_model}, vocab {model_cfg.vocab_size}, "
+                          f"{parameters:,} parameters, 2 rollout actors", "sync_s": seconds[1:],
+        },
+    }
+
+
+# ---------------------------------------------------------------------------
 # Report
 # ---------------------------------------------------------------------------
 
@@ -572,7 +700,7 @@ def meets_goal(key: str, value: float) -> bool | None:
 
 def table(report: dict[str, Any]) -> str:
     lines = [f"{'measure':<26}{'value':>14}  {'goal':<10}met", "-" * 56]
-    for key in [*GOALS, "quality_flops", "quality_wall_s"]:
+    for key in [*GOALS, *REPORTED, "quality_flops", "quality_wall_s"]:
         if key not in report:
             continue
         value = report[key]
@@ -666,6 +794,22 @@ def run(args: argparse.Namespace, quality_overrides: list[str]) -> dict[str, Any
             shown = measured["details"]
             say(f"generate: {max(shown['cache_tokens_per_s']):,.0f} tok/s with the cache, "
                 f"{shown['no_cache_tokens_per_s']:,.0f} without, transformers {max(shown['transformers_tokens_per_s']):,.0f}")
+        if "sweep" in sections:
+            start_ray()
+            say(f"sweep: the {SWEEP_RECIPE} sweep recipe, {' '.join(SWEEP_OVERRIDES)}")
+            measured = measure_sweep(workdir)
+            report.update({k: measured[k] for k in ("sweep_trial_vs_pretrain", "sweep_utilization")})
+            details["sweep"] = measured["details"]
+            say(f"sweep: trial {measured['sweep_trial_vs_pretrain']:.3f} of its speed alone; utilization "
+                f"{measured['sweep_utilization']:.1%}, launching {measured['details']['launch_share']:.1%}")
+        if "rl" in sections:
+            start_ray()
+            say(f"rl: grpo tiny recipe for {RL_ITERATIONS} iterations; weight sync of the {THROUGHPUT_RECIPE} recipe's model")
+            measured = measure_rl(workdir)
+            report.update({k: measured[k] for k in REPORTED})
+            details["rl"] = measured["details"]
+            say(f"rl: generation {measured['rl_generation_share']:.1%} of an iteration; weight sync "
+                f"{measured['rl_sync_s']:.3f} s")
         if "gpu" in sections:
             report["gpu"] = gpu_bench()
             if "skipped" in report["gpu"]:
