@@ -280,19 +280,27 @@ def log_samples(stage: str, cfg: StageConfig, checkpoint: str, recorder) -> dict
 
 def sample_responses(checkpoint: str, prompts: list[str], samples: SampleConfig) -> list[str]:
     """The KV-cache generator's responses to `prompts` (fixed seed), each prompt opening a document."""
-    import torch
-
     from workloads.checkpoint_loading import load_checkpoint
-    from workloads.generation import Sampling, generate
 
     loaded = load_checkpoint(checkpoint)
+    _, out = sample_prompts(loaded, prompts, samples)
+    return [loaded.tokenizer.decode(ids) for ids in out.tokens]
+
+
+def sample_prompts(loaded, prompts: list[str], samples: SampleConfig):
+    """(encoded prompts, `Generated`) of a loaded checkpoint answering `prompts` with the sample settings:
+    each prompt opens a document and is cut from the left to leave the context room; fixed seed."""
+    import torch
+
+    from workloads.generation import Sampling, generate
+
     tokenizer = loaded.tokenizer
     encoded = [[tokenizer.eos_id, *tokenizer.encode(p)][-(loaded.config.max_seq_len - 1):] for p in prompts]
     room = loaded.config.max_seq_len - max(map(len, encoded))
     out = generate(loaded.model, encoded, min(samples.max_new_tokens, room),
                    Sampling(samples.temperature, samples.top_k), eos_id=tokenizer.eos_id,
                    generator=torch.Generator().manual_seed(samples.seed))
-    return [tokenizer.decode(ids) for ids in out.tokens]
+    return encoded, out
 
 
 def score_heldout_pairs(checkpoint: str, records: list[dict[str, str]]) -> tuple[dict[str, list], dict[str, float]]:

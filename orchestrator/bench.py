@@ -53,7 +53,7 @@ from orchestrator.bench_quality import NANOGPT_BPB, NANOGPT_FLOPS, run_quality
 from orchestrator.pretrain import parse_cli, pretrain
 from orchestrator.pretrain_config import PretrainConfig
 from workloads.errors import UserInputError
-from workloads.metrics_log import METRICS_FILE
+from workloads.metrics_log import METRICS_FILE, read_metrics
 
 BENCH_CPUS = 2  # the machine this bench is calibrated for: one worker of 2 CPUs, 2 torch threads
 THROUGHPUT_RECIPE = "default"
@@ -653,8 +653,7 @@ def measure_rl(workdir: Path) -> dict[str, Any]:
                                 f"--tracking.uri={uri}", f"--model.init_from={start['checkpoint']}",
                                 f"--train.max_steps={RL_ITERATIONS}", "--run.fresh=true"])
     run_rl(cfg)
-    lines = [json.loads(line) for line in (cfg.run.run_dir() / METRICS_FILE).read_text().splitlines()]
-    steady = [line for line in lines if line.get("step", 0) > 1 and "rl/generation_share" in line]
+    steady = [line for line in read_metrics(cfg.run.run_dir()) if line.get("step", 0) > 1 and "rl/generation_share" in line]
     shares = {phase: statistics.mean(line[f"rl/{phase}_share"] for line in steady)
               for phase in ("sync", "generation", "scoring", "learning")}
 

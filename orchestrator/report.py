@@ -24,7 +24,7 @@ from pathlib import Path
 
 from orchestrator.config import run_cli
 from orchestrator.scaling import Points, Trial, read_trials, write_points_csv
-from orchestrator.scaling.fit import fit_sweep
+from orchestrator.scaling.fit import SweepFit, fit_sweep
 from orchestrator.scaling.report import ReportFiles, _Document, write_report
 from workloads.errors import UserInputError
 
@@ -58,8 +58,12 @@ def read_verify(path: Path) -> Trial | None:
 
 
 def report_sweep(sweep_dir: Path, target_flops: float | None = None, n_label: str = "non-embedding parameters",
-                 bootstrap: int = 200, seed: int = 0) -> ReportFiles:
-    """Fit and report the sweep in `sweep_dir` into `sweep_dir/report/`."""
+                 bootstrap: int = 200, seed: int = 0, fits: SweepFit | None = None) -> ReportFiles:
+    """Fit and report the sweep in `sweep_dir` into `sweep_dir/report/`.
+
+    `fits`: the fit of trials.json's points with this `bootstrap` and `seed`, when the caller
+    (the sweep, which has just fitted them) already holds it; otherwise it is fitted here.
+    """
     if not sweep_dir.is_dir():
         raise UserInputError(f"{sweep_dir}: no such directory")
     if target_flops is not None and not target_flops > 0:
@@ -69,7 +73,8 @@ def report_sweep(sweep_dir: Path, target_flops: float | None = None, n_label: st
     trials_path = sweep_dir / TRIALS_FILE
     trials = read_trials(trials_path)
     verify = read_verify(sweep_dir / VERIFY_FILE)
-    fits = fit_sweep(Points.from_trials(trials, source=str(trials_path)), bootstrap=bootstrap, seed=seed)
+    if fits is None:
+        fits = fit_sweep(Points.from_trials(trials, source=str(trials_path)), bootstrap=bootstrap, seed=seed)
     out_dir = sweep_dir / REPORT_DIR
     out_dir.mkdir(exist_ok=True)
     write_points_csv(trials, out_dir / "points.csv")

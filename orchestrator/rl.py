@@ -23,8 +23,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from orchestrator import ray_runtime
 from orchestrator.alignment import (
     SampleConfig,
@@ -32,15 +30,15 @@ from orchestrator.alignment import (
     dataset_root,
     heldout_records,
     lineage_tags,
+    sample_prompts,
     starting_model,
     take_model_from_start,
 )
 from orchestrator.config import RECIPE_DIR, parse_tree, run_cli
 from orchestrator.launch import Launch, train_on_ray
-from orchestrator.stage_data import BUILTIN, builtin_files, read_jsonl
+from orchestrator.stage_data import BUILTIN, builtin_files, chat_record, read_jsonl
 from workloads.checkpoint_loading import SCALAR_HEAD, load_checkpoint, read_description, resolve_checkpoint
 from workloads.errors import UserInputError
-from workloads.generation import Sampling, generate
 from workloads.rl.batch import Rollouts, mean_token_kl
 from workloads.rl.config import GRPOConfig, KLConfig, PPOConfig, RewardConfig, RolloutConfig
 from workloads.rl.learner import SAMPLES_FILE, STOP_FILE, learner_worker
@@ -48,7 +46,7 @@ from workloads.rl.prompts import PromptSet, read_prompt_manifest, write_prompt_s
 from workloads.rl.reward import RewardScorer
 from workloads.rl.rollout import ActorRole, ActorSpec, RolloutWorker
 from workloads.schema import option
-from workloads.task import has_property, render_chat
+from workloads.task import has_property
 from workloads.tokenizer import Tokenizer
 from workloads.train_config import CADENCE_FIELDS
 
@@ -195,15 +193,7 @@ def read_prompts(path: Path) -> list[str]:
     prompts = []
     for where, record in read_jsonl(path):
         if "messages" in record:
-            messages = record["messages"]
-            if not isinstance(messages, list) or not all(isinstance(m, dict) for m in messages):
-                raise UserInputError(f"{where}: field 'messages' must be a list of {{role, content}} objects")
-            if messages and messages[-1].get("role") != "assistant":  # a conversation awaiting the answer
-                messages = [*messages, {"role": "assistant", "content": ""}]
-            try:
-                prompts.append(render_chat(messages)[0])
-            except ValueError as e:
-                raise UserInputError(f"{where}: messages: {e}") from None
+            prompts.append(chat_record(record, where, awaiting_answer=True)[0])
         elif isinstance(record.get("prompt"), str):
             prompts.append(record["prompt"])
         else:
@@ -394,15 +384,11 @@ def evaluate_heldout(cfg: RLStageConfig, checkpoint: str, roles: dict[str, Any],
 
 
 def sample_heldout(loaded, prompts: list[str], samples: SampleConfig) -> tuple[Rollouts, list[str]]:
-    """Responses to `prompts` exactly as `orchestrator.alignment.sample_responses` samples them (KV-cache
-    generator, fixed seed), with their token ids kept."""
-    tokenizer, context = loaded.tokenizer, loaded.config.max_seq_len
-    encoded = [[tokenizer.eos_id, *tokenizer.encode(p)][-(context - 1):] for p in prompts]
-    room = context - max(map(len, encoded))
-    out = generate(loaded.model, encoded, min(samples.max_new_tokens, room), Sampling(samples.temperature, samples.top_k),
-                   eos_id=tokenizer.eos_id, generator=torch.Generator().manual_seed(samples.seed))
+    """Responses to `prompts` exactly as the fine-tuning stages sample them (`alignment.sample_prompts`),
+    with their token ids kept."""
+    encoded, out = sample_prompts(loaded, prompts, samples)
     rollouts = Rollouts(list(range(len(prompts))), encoded, out.tokens, out.stopped)
-    return rollouts, [tokenizer.decode(ids) for ids in out.tokens]
+    return rollouts, [loaded.tokenizer.decode(ids) for ids in out.tokens]
 
 
 def main(algorithm: str, argv: list[str] | None = None) -> dict[str, Any]:

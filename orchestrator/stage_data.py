@@ -101,17 +101,28 @@ def text_field(record: dict, key: str, where: str) -> str:
     return record[key]
 
 
+def chat_record(record: dict[str, Any], where: str, awaiting_answer: bool = False) -> tuple[str, str]:
+    """(prompt, response) of a record's `messages` in the chat template; one line naming `where` if malformed.
+
+    `awaiting_answer`: a conversation whose last message is not the assistant's is a prompt
+    waiting for one (its response is empty).
+    """
+    messages = record["messages"]
+    if not isinstance(messages, list) or not all(isinstance(m, dict) for m in messages):
+        raise UserInputError(f"{where}: field 'messages' must be a list of {{role, content}} objects")
+    if awaiting_answer and messages and messages[-1].get("role") != "assistant":
+        messages = [*messages, {"role": "assistant", "content": ""}]
+    try:
+        return render_chat(messages)
+    except ValueError as e:
+        raise UserInputError(f"{where}: messages: {e}") from None
+
+
 def read_sft(path: Path) -> list[Record]:
     records = []
     for where, record in read_jsonl(path):
         if "messages" in record:
-            messages = record["messages"]
-            if not isinstance(messages, list) or not all(isinstance(m, dict) for m in messages):
-                raise UserInputError(f"{where}: field 'messages' must be a list of {{role, content}} objects")
-            try:
-                prompt, response = render_chat(messages)
-            except ValueError as e:
-                raise UserInputError(f"{where}: messages: {e}") from None
+            prompt, response = chat_record(record, where)
         else:
             prompt, response = text_field(record, "prompt", where), text_field(record, "response", where)
         records.append(Record(prompt, [response], where))

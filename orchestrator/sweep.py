@@ -356,7 +356,7 @@ def run_sweep(sweep: Sweep, slots: int, cluster: dict[str, float]) -> None:
     report_files = None
     if fits is not None:
         report_files = report_sweep(sweep.sweep_dir, tree.sweep.target_flops or None, summaries.N_LABEL,
-                                    tree.sweep.bootstrap)
+                                    tree.sweep.bootstrap, fits=fits)  # the fit just made, not a second one
         print(f"sweep: report {report_files.markdown}", flush=True)
     artifacts = [sweep.sweep_dir / name for name in
                  ("trials.json", "trials-wsd.json", summaries.LR_SEARCH_FILE, VERIFY_FILE, summaries.SUMMARY_FILE,

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from orchestrator.scaling import Trial
-from workloads.metrics_log import METRICS_FILE
+from workloads.metrics_log import read_metrics
 
 RECORD_FILE = "sweep_trial.json"
 OK, DIVERGED, CRASHED, FAILED = "ok", "diverged", "crashed", "failed"
@@ -52,19 +52,6 @@ def is_finished(record: dict[str, Any] | None) -> bool:
     return record is not None and record["status"] in FINAL_STATUSES
 
 
-def metric_lines(run_dir: Path) -> list[dict[str, Any]]:
-    path = Path(run_dir) / METRICS_FILE
-    if not path.exists():
-        return []
-    lines = []
-    for text in path.read_text().splitlines():
-        try:
-            lines.append(json.loads(text))
-        except ValueError:
-            continue  # a line cut short by a kill
-    return lines
-
-
 def series(lines: list[dict[str, Any]], key: str) -> dict[int, float]:
     """{step: value}; a resumed run's later lines win."""
     return {int(line["step"]): float(line[key]) for line in lines if key in line}
@@ -76,7 +63,7 @@ def assess(run_dir: Path, final: dict[str, Any], origin_run_dir: Path | None = N
     "Where it started" is the loss of its first step, for a branch that of the run it
     branched from (its own first step follows a stretch of training already).
     """
-    lines = metric_lines(run_dir)
+    lines = read_metrics(run_dir)
     for key, label in (("train/loss", "training loss"), ("eval/loss", "validation loss")):
         for step, value in sorted(series(lines, key).items()):
             if not math.isfinite(value):
@@ -84,7 +71,7 @@ def assess(run_dir: Path, final: dict[str, Any], origin_run_dir: Path | None = N
     final_loss = final.get("eval/loss")
     if final_loss is None or not math.isfinite(final_loss):
         return DIVERGED, f"final validation loss {final_loss}"
-    train = series(metric_lines(origin_run_dir) if origin_run_dir else lines, "train/loss")
+    train = series(read_metrics(origin_run_dir) if origin_run_dir else lines, "train/loss")
     if train:
         first_step = min(train)
         if final_loss > train[first_step]:
@@ -95,7 +82,7 @@ def assess(run_dir: Path, final: dict[str, Any], origin_run_dir: Path | None = N
 
 def curve(run_dir: Path, tokens_per_step: int, up_to_step: int | None = None) -> list[list[float]]:
     """[tokens seen, validation loss] at every evaluation (finite ones), optionally only up to a step."""
-    evals = series(metric_lines(run_dir), "eval/loss")
+    evals = series(read_metrics(run_dir), "eval/loss")
     return [[step * tokens_per_step, loss] for step, loss in sorted(evals.items())
             if step > 0 and math.isfinite(loss) and loss > 0 and (up_to_step is None or step <= up_to_step)]
 
@@ -106,7 +93,7 @@ def timing(run_dir: Path, started: float, ended: float, cpus: float) -> dict[str
     A step's duration is the gap between consecutive step lines; gaps that also hold an
     evaluation or a checkpoint (more than 3x the median) count as neither training nor launch.
     """
-    stamps = sorted((int(line["step"]), float(line["time"])) for line in metric_lines(run_dir)
+    stamps = sorted((int(line["step"]), float(line["time"])) for line in read_metrics(run_dir)
                     if "train/loss" in line and float(line["time"]) >= started)
     result = {"started": started, "ended": ended, "cpus": cpus, "steps": len(stamps), "launch_s": ended - started,
               "train_s": 0.0}

@@ -14,13 +14,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from workloads.errors import UserInputError
+# A prompt set is one more kind of the fine-tuning stages' prepared datasets: their manifest, format and tokenizer file.
+from workloads.stages.datasets import FORMAT_VERSION, MANIFEST_FILE, TOKENIZER_FILE, read_manifest
 
 KIND = "prompts"
-FORMAT_VERSION = 1
 PROMPTS_FILE = "prompts.jsonl"
-MANIFEST_FILE = "manifest.json"
-TOKENIZER_FILE = "tokenizer.model"
 
 
 def write_prompt_set(directory: Path, texts: list[str], ids: list[list[int]], manifest: dict[str, Any],
@@ -36,17 +34,8 @@ def write_prompt_set(directory: Path, texts: list[str], ids: list[list[int]], ma
 
 
 def read_prompt_manifest(directory: str | Path) -> dict[str, Any]:
-    path = Path(directory) / MANIFEST_FILE
-    try:
-        manifest = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise UserInputError(f"{directory}: no {MANIFEST_FILE}; not a prepared prompt set") from None
-    except ValueError as e:
-        raise UserInputError(f"{path}: unreadable manifest ({e})") from e
-    if manifest.get("kind") != KIND or manifest.get("format_version") != FORMAT_VERSION:
-        raise UserInputError(f"{path}: a {manifest.get('kind')!r} set of format {manifest.get('format_version')!r}, "
-                             f"not a {KIND!r} set of format {FORMAT_VERSION}")
-    return manifest
+    """The manifest of a prepared prompt set (one line naming the directory if it is none)."""
+    return read_manifest(directory, KIND)
 
 
 @dataclass
