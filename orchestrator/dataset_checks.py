@@ -51,9 +51,11 @@ def _write_verified(dataset_dir: Path, record: dict[str, Any]) -> None:
         pass
 
 
-def verify_shard_checksums(dataset_dir: Path, manifest: dict[str, Any]) -> None:
-    """Every shard against its manifest sha256, re-hashing only shards changed since last verified."""
-    record = _read_verified(dataset_dir)
+def verify_shard_checksums(dataset_dir: Path, manifest: dict[str, Any], full: bool = False) -> int:
+    """Every shard against its manifest sha256, re-hashing only shards changed since last verified
+    (every shard when `full`); returns the number of shards re-hashed."""
+    record = {} if full else _read_verified(dataset_dir)
+    hashed = 0
     changed = False
     for split in ("train", "val"):
         for shard in manifest["splits"][split]["shards"]:
@@ -67,11 +69,23 @@ def verify_shard_checksums(dataset_dir: Path, manifest: dict[str, Any]) -> None:
             actual = check_shard_sha256(path, shard["sha256"])
             record[shard["file"]] = {"signature": signature, "sha256": actual}
             changed = True
+            hashed += 1
     if changed:
         _write_verified(dataset_dir, record)
+    return hashed
 
 
-def check_tokenizer(cfg: PretrainConfig, dataset_dir: Path, manifest: dict[str, Any]) -> None:
+def verify_dataset(dataset_dir: Path) -> None:
+    """`orchestrator.prepare --verify`: the tokenizer and every shard re-hashed against the manifest."""
+    manifest = load_manifest(dataset_dir)
+    _check_tokenizer_file(dataset_dir, manifest)
+    for split in ("train", "val"):
+        PackedDataset(dataset_dir, split)  # every shard's layout and sample count against the manifest
+    shards = verify_shard_checksums(dataset_dir, manifest, full=True)
+    print(f"prepare: verified the tokenizer and {shards} shards of {dataset_dir}: all match the manifest", flush=True)
+
+
+def _check_tokenizer_file(dataset_dir: Path, manifest: dict[str, Any]) -> None:
     expected = manifest["tokenizer"]
     path = dataset_dir / expected["file"]
     if not path.is_file():
@@ -82,6 +96,12 @@ def check_tokenizer(cfg: PretrainConfig, dataset_dir: Path, manifest: dict[str, 
             f"{path}: sha256 {actual[:12]}... differs from the dataset manifest's {expected['sha256'][:12]}... "
             "(the tokens were made with another tokenizer)"
         )
+
+
+def check_tokenizer(cfg: PretrainConfig, dataset_dir: Path, manifest: dict[str, Any]) -> None:
+    expected = manifest["tokenizer"]
+    path = dataset_dir / expected["file"]
+    _check_tokenizer_file(dataset_dir, manifest)
     if cfg.tokenizer.model_path and file_sha256(Path(cfg.tokenizer.model_path)) != expected["sha256"]:
         raise UserInputError(
             f"tokenizer.model_path: {cfg.tokenizer.model_path} is not the tokenizer dataset {dataset_dir.name} "

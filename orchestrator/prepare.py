@@ -1,69 +1,76 @@
-"""Prepare a dataset: corpus -> documents -> tokenizer -> tokens (Ray Data) -> packed shards + manifest.
+"""Prepare a dataset: corpus -> groups -> tokenizer -> shards written by Ray Data tasks -> manifest.
 
 The output directory is `<dataset_root>/<short name>-<hash>`, the hash
 covering everything that shapes its content (source file digests, the
-config fields that matter, a given tokenizer's digest, the format version).
-A finished directory is never rebuilt, and a directory only appears under
-its final name once complete.
+config fields that matter, a given tokenizer's digest, the group size, the
+format version). A finished directory is never rebuilt, and a directory only
+appears under its final name once complete.
 
-    python -m orchestrator.prepare [recipe.yaml] [--data.corpus=... ...]
+The driver only lists and stats files. The corpus is cut into groups fixed by
+the input (workloads.data.groups); Ray Data tasks across the cluster read each
+group, split its documents by a hash of their content, tokenize, pack and write
+its shards, and return only their metadata, from which the driver writes the
+manifest. The tokenizer is trained (in a task too) on a bounded sample drawn
+evenly from the groups. A prepare that is killed leaves `.tmp-<hash>` behind; run
+again, it reuses the tokenizer and every group finished there.
+
+    python -m orchestrator.prepare [recipe.yaml] [--data.corpus=... ...] [--verify]
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import fcntl
 import hashlib
-import itertools
 import json
-import math
 import os
 import re
 import shutil
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
-import numpy as np
-import pyarrow as pa
-import pyarrow.compute as pc
 import ray
 
 from orchestrator import ray_runtime
+from orchestrator.source_digests import digest_sources_cached
+from workloads.data.build import GROUPS_DIR, build_group_row, read_finished_group, sample_group_row
 from workloads.data.config import EMBEDDED_CORPUS, DataConfig
-from workloads.data.corpus import (
-    Corpus,
-    SourceDigest,
-    SourceFile,
-    digest_sources,
-    find_sources,
-    read_corpus,
-    split_train_val,
-)
-from workloads.data.packing import PackedSplit, pack
-from workloads.data.shards import FORMAT_VERSION, MANIFEST_FILE, TOKENIZER_FILE, write_manifest, write_shards
+from workloads.data.corpus import SourceDigest, SourceFile, find_sources
+from workloads.data.groups import Group, auto_group_bytes, plan_groups
+from workloads.data.shards import FORMAT_VERSION, MANIFEST_FILE, SPLITS, TOKENIZER_FILE, write_manifest
 from workloads.errors import UserInputError
 from workloads.tokenizer import Tokenizer, TokenizerConfig, train_tokenizer
 
 # Data fields that do not change the prepared files: where they go, and the
 # training-time order. Corpus paths are covered by their files' digests.
 _FIELDS_NOT_HASHED = {"dataset_dir", "shuffle_seed", "corpus", "val_corpus"}
-# Characters of text per Ray Data block at most, so big corpora stream in pieces.
-_MAX_BLOCK_CHARS = 8_000_000
-# Blocks per CPU: small enough blocks for the CPUs to finish together.
-_BLOCKS_PER_CPU = 2
+PROGRESS_EVERY_S = 2.0  # at most one progress line this often (and one for the last group)
 
 
-def prepare_dataset(data: DataConfig, tokenizer: TokenizerConfig, dataset_root: Path) -> Path:
-    """Build the dataset for these configs under dataset_root (unless already there); return its directory."""
+def prepare_dataset(
+    data: DataConfig, tokenizer: TokenizerConfig, dataset_root: Path, group_bytes: int | None = None,
+    refresh_digests: bool = False,
+) -> Path:
+    """Build the dataset for these configs under dataset_root (unless already there); return its directory.
+
+    group_bytes: the size of the groups the corpus is cut into (default: a function
+    of the corpus size, see workloads.data.groups). refresh_digests: read every source
+    again instead of trusting the digests recorded for unchanged files.
+    """
     data.validate()
     tokenizer.validate()
     train_sources = find_sources(data.corpus, "data.corpus")
     val_sources = find_sources(data.val_corpus, "data.val_corpus") if data.val_corpus else []
-    train_digests = digest_sources(train_sources, "data.corpus")
-    val_digests = digest_sources(val_sources, "data.val_corpus")
-    given_model = _read_given_model(tokenizer.model_path) if tokenizer.model_path else None
-    key = dataset_hash(data, tokenizer, train_digests, val_digests, given_model)
     dataset_root = Path(dataset_root)
+    train_digests = digest_sources_cached(train_sources, "data.corpus", dataset_root, refresh=refresh_digests)
+    val_digests = digest_sources_cached(val_sources, "data.val_corpus", dataset_root, refresh=refresh_digests)
+    given_model = _read_given_model(tokenizer.model_path) if tokenizer.model_path else None
+    if group_bytes is None:
+        group_bytes = auto_group_bytes(sum(d.bytes for d in train_digests + val_digests))
+    key = dataset_hash(data, tokenizer, train_digests, val_digests, given_model, group_bytes)
     final_dir = dataset_root / f"{short_name(data.corpus)}-{key}"
     if (final_dir / MANIFEST_FILE).is_file():
         print(f"dataset already prepared: {final_dir} (nothing to do)", flush=True)
@@ -71,26 +78,31 @@ def prepare_dataset(data: DataConfig, tokenizer: TokenizerConfig, dataset_root: 
     if final_dir.exists():
         raise UserInputError(f"{final_dir} exists but has no {MANIFEST_FILE}; remove it and run again")
 
-    dataset_root.mkdir(parents=True, exist_ok=True)
-    build_dir = dataset_root / f".tmp-{key}-{os.getpid()}"
-    shutil.rmtree(build_dir, ignore_errors=True)
-    build_dir.mkdir()
-    try:
-        manifest = _build(data, tokenizer, given_model, train_sources, val_sources, build_dir)
-        manifest["dataset_hash"] = key
-        manifest["sources"] = [_digest_json(d) for d in train_digests]
-        manifest["val_sources"] = [_digest_json(d) for d in val_digests]
-        write_manifest(build_dir, manifest)  # last: its presence marks the directory complete
+    with _exclusive(dataset_root / f".tmp-{key}.lock"):
+        if (final_dir / MANIFEST_FILE).is_file():  # another process built it while this one waited
+            print(f"dataset prepared by another process: {final_dir}", flush=True)
+            return final_dir
+        build_dir = dataset_root / f".tmp-{key}"
+        build_dir.mkdir(exist_ok=True)
+        _remove_partial_files(build_dir)
         try:
-            os.rename(build_dir, final_dir)
-        except OSError:
-            if not (final_dir / MANIFEST_FILE).is_file():
-                raise
-            # Another process finished the same dataset first; theirs is identical.
-            shutil.rmtree(build_dir, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(build_dir, ignore_errors=True)
-        raise
+            groups = plan_groups(train_sources, [d.bytes for d in train_digests], group_bytes,
+                                 "train", 0, "data.corpus")
+            groups += plan_groups(val_sources, [d.bytes for d in val_digests], group_bytes, "val", len(groups),
+                                  "data.val_corpus")
+            manifest = _build(data, tokenizer, given_model, groups, train_sources, val_sources, build_dir)
+        except UserInputError:
+            shutil.rmtree(build_dir, ignore_errors=True)  # the same input would fail the same way
+            raise
+        manifest.update(
+            dataset_hash=key,
+            group_bytes=group_bytes,
+            sources=[_digest_json(d) for d in train_digests],
+            val_sources=[_digest_json(d) for d in val_digests],
+        )
+        shutil.rmtree(build_dir / GROUPS_DIR, ignore_errors=True)
+        write_manifest(build_dir, manifest)  # last: its presence marks the directory complete
+        os.rename(build_dir, final_dir)
     train, val = manifest["splits"]["train"], manifest["splits"]["val"]
     print(
         f"prepare: wrote {_plural(len(train['shards']), 'train shard')}, "
@@ -106,6 +118,7 @@ def dataset_hash(
     train_digests: Sequence[SourceDigest],
     val_digests: Sequence[SourceDigest],
     given_model: bytes | None,
+    group_bytes: int,
 ) -> str:
     """16 hex digits identifying the prepared content for these inputs."""
     tokenizer_fields = dataclasses.asdict(tokenizer)
@@ -119,6 +132,7 @@ def dataset_hash(
         "tokenizer": tokenizer_fields,
         "sources": [[d.format, d.sha256, d.bytes] for d in train_digests],
         "val_sources": [[d.format, d.sha256, d.bytes] for d in val_digests],
+        "group_bytes": group_bytes,
     }
     return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -136,46 +150,85 @@ def short_name(corpus: str) -> str:
     return name[:40] or "corpus"
 
 
+@contextlib.contextmanager
+def _exclusive(lock_path: Path) -> Iterator[None]:
+    """One prepare of a dataset at a time on this machine; a second one waits, then finds it done."""
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock_path, "a") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            print(f"prepare: waiting for another prepare of the same dataset ({lock_path.name})", flush=True)
+            fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            lock_path.unlink(missing_ok=True)
+
+
+def _remove_partial_files(build_dir: Path) -> None:
+    """Files a killed attempt was still writing (complete ones are already under their names)."""
+    for partial in [*build_dir.glob(".*.part"), *build_dir.glob(f"{GROUPS_DIR}/.*.part")]:
+        partial.unlink(missing_ok=True)
+
+
 def _build(
     data: DataConfig,
     tokenizer_config: TokenizerConfig,
     given_model: bytes | None,
+    groups: list[Group],
     train_sources: Sequence[SourceFile],
     val_sources: Sequence[SourceFile],
     build_dir: Path,
 ) -> dict:
     """Write tokenizer and shards into build_dir; return the manifest but for its identity fields."""
-    train_docs, val_docs, invalid, empty = _read_and_split(data, train_sources, val_sources)
-    model_bytes = _tokenizer_model(tokenizer_config, given_model, train_docs, data.split_seed)
-    (build_dir / TOKENIZER_FILE).write_bytes(model_bytes)
-    tokenizer = Tokenizer(model_bytes)
-
-    ray_runtime.connect()  # the cluster this runs in (`ray job submit`), else a private local Ray
-    started = time.perf_counter()
-    flat_tokens, doc_lengths = tokenize_documents(train_docs + val_docs, model_bytes)
-    seconds = time.perf_counter() - started
+    total_bytes = sum(group.bytes for group in groups)
     print(
-        f"prepare: tokenized {_count(len(flat_tokens))} tokens in {seconds:.1f} s "
-        f"({_count(len(flat_tokens) / seconds)} tok/s)",
+        f"prepare: {_plural(len(train_sources) + len(val_sources), 'source file')}, {total_bytes / 1e6:.1f} MB "
+        f"in {_plural(len(groups), 'group')}",
         flush=True,
     )
+    finished = {g.index: r for g in groups if (r := read_finished_group(build_dir, g.index)) is not None}
+    ray_runtime.connect()  # the cluster this runs in (`ray job submit`), else a private local Ray
+    settings = {
+        "seq_len": data.seq_len,
+        "shard_samples": data.shard_samples,
+        "val_fraction": data.val_fraction,
+        "split_seed": data.split_seed,
+        "text_field": data.text_field,
+        "max_doc_chars": data.max_doc_chars,
+        "separate_val_corpus": bool(val_sources),
+    }
+    model_path = build_dir / TOKENIZER_FILE
+    if model_path.is_file():
+        model_bytes = model_path.read_bytes()
+        print(f"prepare: resuming an earlier attempt: its tokenizer and {len(finished)} finished groups", flush=True)
+    else:
+        finished = {}  # groups without their tokenizer cannot be trusted
+        model_bytes = _tokenizer_model(tokenizer_config, given_model, [g for g in groups if g.split == "train"],
+                                       settings, data.split_seed, train_sources)
+        partial = build_dir / f".{TOKENIZER_FILE}.part"
+        partial.write_bytes(model_bytes)
+        os.replace(partial, model_path)
+    tokenizer = Tokenizer(model_bytes)
 
-    # Documents are in train-then-val order: cut the flat tokens at the split.
-    num_train_tokens = int(doc_lengths[: len(train_docs)].sum())
-    splits = {}
-    for split, docs, tokens, lengths in (
-        ("train", train_docs, flat_tokens[:num_train_tokens], doc_lengths[: len(train_docs)]),
-        ("val", val_docs, flat_tokens[num_train_tokens:], doc_lengths[len(train_docs) :]),
-    ):
-        packed = pack(tokens, lengths, tokenizer.eos_id, data.seq_len)
-        if packed.num_samples == 0:
+    records = dict(finished)
+    records.update(_build_groups([g for g in groups if g.index not in finished], build_dir, model_bytes, settings))
+    ordered = [records[g.index] for g in groups]
+    splits = {split: _split_entry([r["splits"][split] for r in ordered]) for split in SPLITS}
+    if not val_sources:
+        _check_documents(splits["train"]["num_documents"] + splits["val"]["num_documents"], train_sources)
+    elif splits["train"]["num_documents"] == 0:
+        _check_documents(0, train_sources)
+    for split in SPLITS:
+        entry = splits[split]
+        if entry["num_samples"] == 0:
+            spread = "" if entry["num_tokens"] < data.seq_len + 1 else f", spread over {len(groups)} groups"
             raise UserInputError(
                 f"data.seq_len: {data.seq_len} needs {data.seq_len + 1} tokens per sample but the {split} split "
-                f"holds only {packed.num_tokens}; use a bigger corpus, a larger data.val_fraction or a smaller seq_len"
+                f"holds only {entry['num_tokens']}{spread}; use a bigger corpus, a larger data.val_fraction "
+                "or a smaller seq_len"
             )
-        shards = write_shards(build_dir, split, packed.tokens, packed.segments, data.shard_samples)
-        splits[split] = _split_entry(docs, packed, shards)
-
     return {
         "format_version": FORMAT_VERSION,
         "tokenizer": {
@@ -185,36 +238,19 @@ def _build(
             "eos_id": tokenizer.eos_id,
         },
         "seq_len": data.seq_len,
+        "groups": len(groups),
         "splits": splits,
-        "invalid_utf8_sequences": invalid,
-        "empty_documents_skipped": empty,
+        "invalid_utf8_sequences": sum(r["invalid_utf8_sequences"] for r in ordered),
+        "empty_documents_skipped": sum(r["empty_documents_skipped"] for r in ordered),
         "config": {"data": dataclasses.asdict(data), "tokenizer": dataclasses.asdict(tokenizer_config)},
     }
 
 
-def _read_and_split(
-    data: DataConfig, train_sources: Sequence[SourceFile], val_sources: Sequence[SourceFile]
-) -> tuple[list[str], list[str], int, int]:
-    """(train documents, val documents, invalid UTF-8 sequences, empty documents skipped)."""
-    corpus = _read(data.corpus, train_sources, data, "data.corpus")
-    if val_sources:
-        val_corpus = _read(data.val_corpus, val_sources, data, "data.val_corpus")
-        train_docs, val_docs = corpus.documents, val_corpus.documents
-        invalid = corpus.invalid_utf8_sequences + val_corpus.invalid_utf8_sequences
-        empty = corpus.empty_documents_skipped + val_corpus.empty_documents_skipped
-    else:
-        is_val = split_train_val(corpus.documents, data.val_fraction, data.split_seed)
-        train_docs = [doc for doc, v in zip(corpus.documents, is_val) if not v]
-        val_docs = [doc for doc, v in zip(corpus.documents, is_val) if v]
-        invalid, empty = corpus.invalid_utf8_sequences, corpus.empty_documents_skipped
-    print(f"prepare: split {len(train_docs)} train / {len(val_docs)} val documents", flush=True)
-    return train_docs, val_docs, invalid, empty
-
-
 def _tokenizer_model(
-    config: TokenizerConfig, given_model: bytes | None, train_docs: Sequence[str], seed: int
+    config: TokenizerConfig, given_model: bytes | None, train_groups: list[Group], settings: dict, seed: int,
+    sources: Sequence[SourceFile],
 ) -> bytes:
-    """The given model (checked to be exact) or one trained on the train documents."""
+    """The given model (checked to be exact), or one trained on a bounded sample of the train groups."""
     if given_model is not None:
         try:
             Tokenizer(given_model).check_exact()
@@ -223,100 +259,127 @@ def _tokenizer_model(
         print(f"prepare: using tokenizer {config.model_path}", flush=True)
         return given_model
     started = time.perf_counter()
-    model_bytes = train_tokenizer(train_docs, config, seed=seed)
-    print(f"prepare: tokenizer trained in {time.perf_counter() - started:.1f} s", flush=True)
+    # An equal share of the budget per group, each from the group's first train documents:
+    # the same sample whatever the parallelism, spread over the whole corpus.
+    budget = -(-config.train_max_chars // len(train_groups))
+    sample = _map_groups(train_groups, sample_group_row, budget=budget, settings=settings)
+    # The sample stays in the object store: the task that trains reads it, the driver never does.
+    try:
+        model_bytes, chars, documents = ray.get(_train_tokenizer_task.remote(sample.to_arrow_refs(), config, seed))
+    except ray.exceptions.RayTaskError as e:
+        if isinstance(e.cause, UserInputError):
+            raise UserInputError(str(e.cause)) from None
+        raise
+    if not model_bytes:
+        _check_documents(documents, sources)
+        raise UserInputError("data.corpus: no document fell in the train split; lower data.val_fraction")
+    print(
+        f"prepare: tokenizer trained on {chars / 1e6:.1f}M characters of {_plural(len(train_groups), 'group')} "
+        f"in {time.perf_counter() - started:.1f} s",
+        flush=True,
+    )
     return model_bytes
 
 
-def tokenize_documents(documents: Sequence[str], model_bytes: bytes) -> tuple[np.ndarray, np.ndarray]:
-    """Encode documents in parallel with Ray Data: (flat tokens (T,) int32, lengths (D,) int64), in input order."""
-    cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
-    blocks = _document_blocks(documents, cpus)
-    # Plain tasks, not an actor pool: starting actors cost more than the whole
-    # encoding of a 12 MB corpus; each worker process keeps its tokenizer.
-    dataset = ray.data.from_arrow(blocks).map_batches(
-        encode_documents,
-        fn_kwargs={"model_bytes": model_bytes},
-        batch_size=None,  # a whole block per call: few, large sentencepiece calls
-        batch_format="pyarrow",
-        num_cpus=1,
-    )
-    # One stage only: Ray Data's default holds back half the CPUs for other
-    # stages, which would leave half of them idle here.
-    dataset.context.op_resource_reservation_enabled = False
-    tables = [table for table in ray.get(dataset.to_arrow_refs()) if table.num_rows]
-    # Blocks may come back in any order; put them back in document order.
-    tables.sort(key=lambda table: table.column("doc")[0].as_py())
-    encoded = pa.concat_tables(tables).combine_chunks()
-    doc_order = encoded.column("doc").to_numpy()
-    if not np.array_equal(doc_order, np.arange(len(documents))):
-        raise RuntimeError("tokenization lost or reordered documents")
-    token_lists = encoded.column("tokens").chunk(0)
-    flat_tokens = token_lists.flatten().to_numpy()  # (T,) int32
-    doc_lengths = pc.list_value_length(token_lists).to_numpy().astype(np.int64)  # (D,)
-    return flat_tokens, doc_lengths
+@ray.remote(num_cpus=1)
+def _train_tokenizer_task(sample_refs: list, config: TokenizerConfig, seed: int) -> tuple[bytes, int]:
+    rows = []
+    for table in ray.get(sample_refs):
+        rows += table.to_pylist()
+    rows.sort(key=lambda row: row["index"])
+    for row in rows:
+        if row["error"]:
+            raise UserInputError(row["error"])
+    texts = [text for row in rows for text in row["texts"]]
+    documents = sum(row["documents"] for row in rows)
+    if not texts:
+        return b"", 0, documents
+    return train_tokenizer(texts, config, seed=seed), sum(map(len, texts)), documents
 
 
-def encode_documents(batch: pa.Table, model_bytes: bytes) -> pa.Table:
-    """Ray Data map_batches function: {doc, text} rows -> {doc, tokens} rows."""
-    ids = _worker_tokenizer(model_bytes).encode_batch_arrays(batch.column("text").to_pylist())
-    lengths = np.fromiter(map(len, ids), dtype=np.int64, count=len(ids))
-    offsets = np.concatenate([[0], np.cumsum(lengths)])  # (D+1,)
-    flat = np.concatenate(ids) if ids else np.empty(0, dtype=np.int32)
-    tokens = pa.LargeListArray.from_arrays(pa.array(offsets), pa.array(flat, type=pa.int32()))
-    return pa.table({"doc": batch.column("doc"), "tokens": tokens})
-
-
-_loaded_tokenizer: dict[bytes, Tokenizer] = {}
-
-
-def _worker_tokenizer(model_bytes: bytes) -> Tokenizer:
-    # Ray reuses worker processes across tasks: load the model once per process.
-    if model_bytes not in _loaded_tokenizer:
-        _loaded_tokenizer.clear()
-        _loaded_tokenizer[model_bytes] = Tokenizer(model_bytes)
-    return _loaded_tokenizer[model_bytes]
-
-
-def _document_blocks(documents: Sequence[str], cpus: int) -> list[pa.Table]:
-    """Contiguous runs of documents with about equal characters, as {doc, text} tables."""
-    lengths = np.fromiter(map(len, documents), dtype=np.int64, count=len(documents))
-    total = int(lengths.sum())
-    num_blocks = max(cpus * _BLOCKS_PER_CPU, math.ceil(total / _MAX_BLOCK_CHARS))
-    num_blocks = min(num_blocks, len(documents))
-    # Cut where the running character count crosses each 1/num_blocks of the total.
-    cuts = np.searchsorted(np.cumsum(lengths), np.arange(1, num_blocks) * total / num_blocks)
-    bounds = np.unique(np.concatenate([[0], cuts, [len(documents)]]))
-    return [
-        pa.table(
-            {
-                "doc": pa.array(np.arange(start, stop, dtype=np.int64)),
-                "text": pa.array(documents[start:stop], type=pa.large_string()),
-            }
+def _check_documents(num_documents: int, sources: Sequence[SourceFile]) -> None:
+    """The one-line error for a corpus without text, or with a single document to split."""
+    if num_documents == 0:
+        where = f"{sources[0].path} holds" if len(sources) == 1 else f"all {len(sources)} files hold"
+        raise UserInputError(f"data.corpus: {where} no text")
+    if num_documents == 1:
+        raise UserInputError(
+            "data.corpus: holds 1 document; at least 2 are needed to hold out validation "
+            "(lower data.max_doc_chars or set data.val_corpus)"
         )
-        for start, stop in itertools.pairwise(bounds)
-    ]
 
 
-def _read(spec: str, sources, data: DataConfig, field: str) -> Corpus:
-    corpus = read_corpus(sources, data.text_field, data.max_doc_chars, field)
+def _map_groups(groups: list[Group], fn, **fn_kwargs) -> ray.data.Dataset:
+    """A Ray Data dataset of one row per group, mapped by fn in tasks of 1 CPU each."""
+    context = ray.data.DataContext.get_current()
+    # One stage only: Ray Data's default holds back CPUs for other stages, which would idle them here.
+    context.op_resource_reservation_enabled = False
+    context.enable_progress_bars = False  # prepare prints its own progress
+    items = [{"group": group.to_json()} for group in groups]
+    return ray.data.from_items(items, override_num_blocks=len(items)).map(fn, fn_kwargs=fn_kwargs, num_cpus=1)
+
+
+def _build_groups(groups: list[Group], build_dir: Path, model_bytes: bytes, settings: dict) -> dict[int, dict]:
+    """Build the groups in Ray Data tasks, printing progress; returns {group index: record}."""
+    if not groups:
+        return {}
+    records: dict[int, dict] = {}
+    nodes: set[str] = set()
+    progress = _Progress(len(groups), sum(group.bytes for group in groups))
+    dataset = _map_groups(groups, build_group_row, build_dir=str(build_dir), model_bytes=model_bytes, settings=settings)
+    for row in dataset.iter_rows():
+        if row["error"]:
+            raise UserInputError(row["error"])
+        record = json.loads(row["record"])
+        records[record["index"]] = record
+        nodes.add(row["node"])
+        progress.update(record)
+    elapsed = time.perf_counter() - progress.started
     print(
-        f"prepare: read {len(corpus.documents)} documents ({corpus.num_bytes / 1e6:.1f} MB) from {spec}"
-        + (f", {corpus.invalid_utf8_sequences} invalid UTF-8 sequences replaced" if corpus.invalid_utf8_sequences else ""),
+        f"prepare: built {_plural(len(groups), 'group')} on {_plural(len(nodes), 'node')} in {elapsed:.1f} s "
+        f"({_count(progress.tokens / max(elapsed, 1e-9))} tok/s)",
         flush=True,
     )
-    return corpus
+    return records
 
 
-def _split_entry(documents: Sequence[str], packed: PackedSplit, shards: list[dict]) -> dict:
-    return {
-        "num_documents": len(documents),
-        "num_tokens": packed.num_tokens,
-        "num_bytes": sum(len(doc.encode("utf-8")) for doc in documents),
-        "num_samples": packed.num_samples,
-        "dropped_tokens": packed.dropped_tokens,
-        "shards": shards,
-    }
+class _Progress:
+    """Groups, bytes, documents, tokens and shards done so far; their rates and an ETA from the bytes."""
+
+    def __init__(self, groups: int, total_bytes: int):
+        self.groups, self.total_bytes = groups, total_bytes
+        self.done = self.bytes = self.documents = self.tokens = self.shards = 0
+        self.started = time.perf_counter()
+        self.last_print = 0.0
+
+    def update(self, record: dict[str, Any]) -> None:
+        self.done += 1
+        self.bytes += record["bytes"]
+        for split in record["splits"].values():
+            self.documents += split["num_documents"]
+            self.tokens += split["num_tokens"]
+            self.shards += len(split["shards"])
+        now = time.perf_counter()
+        if now - self.last_print < PROGRESS_EVERY_S and self.done < self.groups:
+            return
+        self.last_print = now
+        elapsed = max(now - self.started, 1e-9)
+        eta = elapsed * (self.total_bytes - self.bytes) / max(self.bytes, 1)
+        print(
+            f"prepare: {self.done}/{self.groups} groups, {self.bytes / 1e6:.1f}/{self.total_bytes / 1e6:.1f} MB "
+            f"({100 * self.bytes / max(self.total_bytes, 1):.0f}%), {self.tokens:,} tokens, "
+            f"{_plural(self.shards, 'shard')} in {elapsed:.1f} s | {self.bytes / 1e6 / elapsed:.2f} MB/s, "
+            f"{_count(self.documents / elapsed)} docs/s, {_count(self.tokens / elapsed)} tok/s | ETA {eta:.0f} s",
+            flush=True,
+        )
+
+
+def _split_entry(parts: list[dict]) -> dict:
+    """One split's manifest entry from its per-group parts, in group order."""
+    entry = {key: sum(part[key] for part in parts)
+             for key in ("num_documents", "num_tokens", "num_bytes", "num_samples", "dropped_tokens")}
+    entry["shards"] = [shard for part in parts for shard in part["shards"]]
+    return entry
 
 
 def _read_given_model(path: str) -> bytes:
@@ -346,10 +409,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     # layer; prepare takes the same recipes and overrides as pretrain.
     from orchestrator.pretrain import parse_cli
 
+    from orchestrator.dataset_checks import verify_dataset
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    verify = "--verify" in argv  # re-hash every source and shard instead of trusting recorded checksums
+    argv = [arg for arg in argv if arg != "--verify"]
     try:
         cfg = parse_cli(argv, prog="orchestrator.prepare")
         root = Path(cfg.data.dataset_dir or Path(cfg.run.output_dir) / "datasets")
-        prepare_dataset(cfg.data, cfg.tokenizer, root)
+        dataset_dir = prepare_dataset(cfg.data, cfg.tokenizer, root, refresh_digests=verify)
+        if verify:
+            verify_dataset(dataset_dir)
     except UserInputError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

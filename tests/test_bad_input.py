@@ -30,14 +30,14 @@ def refused(dataset: Path, output: Path, *overrides: str) -> str:
 
 
 def test_truncated_shard_is_named(dataset_copy, tmp_path, ray_local):
-    shard = dataset_copy / "train-00000.arrow"
+    shard = dataset_copy / "train-00000-000.arrow"  # group 0, its first shard
     shard.write_bytes(shard.read_bytes()[: shard.stat().st_size // 2])
     assert str(shard) in refused(dataset_copy, tmp_path / "out")
     assert not (tmp_path / "out" / "tiny").exists()  # nothing written for a refused run
 
 
 def test_corrupted_shard_is_named(dataset_copy, tmp_path, ray_local):
-    shard = dataset_copy / "val-00000.arrow"
+    shard = dataset_copy / "val-00000-000.arrow"
     data = bytearray(shard.read_bytes())
     data[len(data) // 2] ^= 0xFF  # one flipped byte inside the token data
     shard.write_bytes(bytes(data))

@@ -4,6 +4,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import random
+import shutil
 
 import numpy as np
 import pyarrow as pa
@@ -212,6 +213,24 @@ def test_cli_takes_pretrain_recipes_and_overrides(prepared, capsys):
     assert "dataset already prepared" in capsys.readouterr().out
 
 
+def test_verify_rehashes_every_shard_and_names_a_bad_one(prepared, tmp_path, capsys):
+    dataset_dir, _, data, tok = prepared
+    shutil.copytree(dataset_dir, tmp_path / dataset_dir.name)
+    args = [f"--data.{k}={v}" for k, v in dataclasses.asdict(data).items()]
+    args += [f"--tokenizer.{k}={v}" for k, v in dataclasses.asdict(tok).items()]
+    args += [f"--data.dataset_dir={tmp_path}", "--verify"]
+    manifest = load_manifest(dataset_dir)
+    shards = manifest["splits"]["train"]["shards"] + manifest["splits"]["val"]["shards"]
+    assert main(["--config", "tiny", *args]) == 0
+    assert f"verified the tokenizer and {len(shards)} shards" in capsys.readouterr().out
+    shard = tmp_path / dataset_dir.name / shards[0]["file"]
+    content = bytearray(shard.read_bytes())
+    content[len(content) // 2] ^= 0xFF  # a token in the middle, same size: only a checksum tells
+    shard.write_bytes(bytes(content))
+    assert main(["--config", "tiny", *args]) == 2
+    assert capsys.readouterr().err.startswith(f"error: {shard}: sha256 ")
+
+
 def test_cli_reports_bad_input_in_one_line(tmp_path, capsys):
     missing = tmp_path / "missing.txt"
     assert main(["--config", "tiny", f"--data.corpus={missing}", f"--data.dataset_dir={tmp_path}"]) == 2
@@ -249,7 +268,8 @@ def test_failure_leaves_no_dataset_behind(tmp_path):
     data, tok = small_configs(tmp_path / "corpus", seq_len=500, val_fraction=0.001)
     with pytest.raises(UserInputError, match=r"^data\.seq_len: 500 .* the val split holds only"):
         prepare_dataset(data, tok, tmp_path / "datasets")
-    assert list((tmp_path / "datasets").iterdir()) == []
+    # Only the record of the sources' digests is left: no dataset, no temporary directory, no lock.
+    assert [p.name for p in (tmp_path / "datasets").iterdir()] == [".source-digests.json"]
 
 
 def test_missing_corpus_is_named(tmp_path):
@@ -339,12 +359,13 @@ def test_packing_overlaps_samples_by_one_token():
 def test_hash_covers_what_shapes_the_output():
     data, tok = DataConfig(), TokenizerConfig()
     sources = [SourceDigest("a.txt", "text", "0" * 64, 10)]
-    key = dataset_hash(data, tok, sources, [], None)
-    assert dataset_hash(dataclasses.replace(data, dataset_dir="/elsewhere", shuffle_seed=9), tok, sources, [], None) == key
-    assert dataset_hash(dataclasses.replace(data, seq_len=128), tok, sources, [], None) != key
-    assert dataset_hash(data, dataclasses.replace(tok, vocab_size=1000), sources, [], None) != key
-    assert dataset_hash(data, tok, [SourceDigest("a.txt", "text", "1" * 64, 10)], [], None) != key
-    assert dataset_hash(data, tok, sources, [], b"model") != key
+    key = dataset_hash(data, tok, sources, [], None, 1 << 20)
+    assert dataset_hash(dataclasses.replace(data, dataset_dir="/elsewhere", shuffle_seed=9), tok, sources, [], None, 1 << 20) == key
+    assert dataset_hash(dataclasses.replace(data, seq_len=128), tok, sources, [], None, 1 << 20) != key
+    assert dataset_hash(data, dataclasses.replace(tok, vocab_size=1000), sources, [], None, 1 << 20) != key
+    assert dataset_hash(data, tok, [SourceDigest("a.txt", "text", "1" * 64, 10)], [], None, 1 << 20) != key
+    assert dataset_hash(data, tok, sources, [], b"model", 1 << 20) != key
+    assert dataset_hash(data, tok, sources, [], None, 2 << 20) != key  # groups shape the packing
     assert short_name("python-stdlib") == "python-stdlib"
     assert short_name("/data/books/tiny shakespeare.txt") == "tiny-shakespeare"
     assert short_name("/data/web/*/part-*.jsonl") == "web"

@@ -146,13 +146,13 @@ def test_launch_checks_hash_each_shard_once_and_again_only_when_it_changed(tiny_
     monkeypatch.setattr(shards_module, "file_sha256", lambda path: hashed.append(Path(path).name) or real_sha256(path))
 
     dataset_checks.check_dataset(cfg, dataset)
-    shards = {"train-00000.arrow", "val-00000.arrow"}
+    shards = {"train-00000-000.arrow", "val-00000-000.arrow"}
     assert shards <= set(hashed)
     hashed.clear()
     dataset_checks.check_dataset(cfg, dataset)
     assert not shards & set(hashed)  # metadata reads only
 
-    shard = dataset / "val-00000.arrow"
+    shard = dataset / "val-00000-000.arrow"
     stat = shard.stat()
     data = bytearray(shard.read_bytes())
     data[len(data) // 2] ^= 0xFF

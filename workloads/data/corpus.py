@@ -3,6 +3,11 @@
 A document is one piece of text that goes whole into either the train or the
 validation split: a text file (cut at blank lines when long), a .jsonl line,
 or a .parquet row. Bytes that are not UTF-8 become U+FFFD and are counted.
+
+A big file is read in pieces (`Piece`) that tasks on different machines can
+read independently: byte ranges of a text or .jsonl file whose ends each
+reader moves to the same place (the end of the next blank line, or the next
+line), and runs of row groups of a .parquet file.
 """
 from __future__ import annotations
 
@@ -47,6 +52,23 @@ class SourceDigest:
     bytes: int
 
 
+@dataclass(frozen=True)
+class Piece:
+    """Part of one source file: text/jsonl bytes [start, stop) (each end moved forward to the
+    next blank line / line start, except 0 and the file's size), or parquet row groups [start, stop)."""
+
+    path: str
+    format: str
+    start: int
+    stop: int
+    size: int  # bytes of the whole file
+    bytes: int  # this piece's share of the file's bytes (nominal, for progress)
+
+    @property
+    def whole_file(self) -> bool:
+        return self.format != "parquet" and self.start == 0 and self.stop >= self.size
+
+
 @dataclass
 class Corpus:
     documents: list[str]  # non-empty texts, in source order
@@ -79,19 +101,20 @@ def find_sources(spec: str, field: str = "data.corpus") -> list[SourceFile]:
 
 def digest_sources(sources: Sequence[SourceFile], field: str = "data.corpus") -> list[SourceDigest]:
     """sha256 and size of each source file; they address the prepared dataset."""
-    digests = []
-    for source in sources:
-        sha = hashlib.sha256()
-        size = 0
-        try:
-            with open(source.path, "rb") as f:
-                while chunk := f.read(1 << 20):
-                    sha.update(chunk)
-                    size += len(chunk)
-        except OSError as e:
-            raise UserInputError(f"{field}: cannot read {source.path} ({e.strerror})") from e
-        digests.append(SourceDigest(str(source.path), source.format, sha.hexdigest(), size))
-    return digests
+    return [digest_source(source, field) for source in sources]
+
+
+def digest_source(source: SourceFile, field: str = "data.corpus") -> SourceDigest:
+    sha = hashlib.sha256()
+    size = 0
+    try:
+        with open(source.path, "rb") as f:
+            while chunk := f.read(1 << 20):
+                sha.update(chunk)
+                size += len(chunk)
+    except OSError as e:
+        raise UserInputError(f"{field}: cannot read {source.path} ({e.strerror})") from e
+    return SourceDigest(str(source.path), source.format, sha.hexdigest(), size)
 
 
 def read_corpus(
@@ -102,13 +125,7 @@ def read_corpus(
     invalid = 0
     empty = 0
     for source in sources:
-        if source.format == "text":
-            text, bad = decode_utf8(_read_bytes(source.path, field))
-            texts = cut_document(text, max_doc_chars) if text else [""]
-        elif source.format == "jsonl":
-            texts, bad = _jsonl_texts(source.path, text_field, field)
-        else:
-            texts, bad = _parquet_texts(source.path, text_field, field)
+        texts, bad = read_piece(whole_file_piece(source, field), text_field, max_doc_chars, field)
         invalid += bad
         for text in texts:
             if text:
@@ -120,6 +137,72 @@ def read_corpus(
         raise UserInputError(f"{field}: {where} no text")
     num_bytes = sum(len(text.encode("utf-8")) for text in documents)
     return Corpus(documents, num_bytes, invalid, empty)
+
+
+def whole_file_piece(source: SourceFile, field: str = "data.corpus") -> Piece:
+    try:
+        size = os.path.getsize(source.path)
+    except OSError as e:
+        raise UserInputError(f"{field}: cannot read {source.path} ({e.strerror})") from e
+    if source.format == "parquet":
+        return Piece(str(source.path), "parquet", 0, parquet_row_groups(source.path, field), size, size)
+    return Piece(str(source.path), source.format, 0, size, size, size)
+
+
+def read_piece(piece: Piece, text_field: str, max_doc_chars: int, field: str = "data.corpus") -> tuple[list[str], int]:
+    """The piece's document texts (empty ones included, for counting) and its invalid UTF-8 sequences."""
+    if piece.format == "parquet":
+        return _parquet_texts(Path(piece.path), text_field, field, range(piece.start, piece.stop))
+    path = Path(piece.path)
+    try:
+        with open(path, "rb") as f:
+            start, stop = _piece_bounds(f, piece)
+            f.seek(start)
+            data = f.read(max(0, stop - start))
+    except OSError as e:
+        raise UserInputError(f"{field}: cannot read {path} ({e.strerror})") from e
+    if piece.format == "jsonl":
+        return _jsonl_texts(path, data, start, text_field, field)
+    text, bad = decode_utf8(data)
+    if not text:
+        return ([""] if piece.whole_file else []), bad  # an empty file is one empty document
+    return cut_document(text, max_doc_chars), bad
+
+
+def parquet_row_groups(path: Path | str, field: str = "data.corpus") -> int:
+    """Number of row groups (a metadata read), with a one-line error for an unreadable file."""
+    try:
+        return pq.ParquetFile(path).metadata.num_row_groups
+    except (OSError, pa.ArrowException) as e:
+        raise UserInputError(f"{field}: {path}: not a readable parquet file ({str(e).splitlines()[0]})") from e
+
+
+def _piece_bounds(f, piece: Piece) -> tuple[int, int]:
+    """Actual [start, stop) of a text or jsonl piece: both nominal ends moved to the same kind of boundary."""
+    separator = b"\n\n" if piece.format == "text" else b"\n"
+    return _boundary_at_or_after(f, piece.start, piece.size, separator), _boundary_at_or_after(
+        f, piece.stop, piece.size, separator
+    )
+
+
+def _boundary_at_or_after(f, offset: int, size: int, separator: bytes) -> int:
+    """The first position p >= offset right after `separator` (0 and size are boundaries too)."""
+    if offset <= 0:
+        return 0
+    if offset >= size:
+        return size
+    back = len(separator)
+    f.seek(max(0, offset - back))
+    position = max(0, offset - back)
+    tail = b""
+    while chunk := f.read(1 << 16):
+        buffer = tail + chunk
+        found = buffer.find(separator)
+        if found >= 0:
+            return position - len(tail) + found + back
+        tail = buffer[-(back - 1):] if back > 1 else b""
+        position += len(chunk)
+    return size
 
 
 def decode_utf8(data: bytes) -> tuple[str, int]:
@@ -160,33 +243,40 @@ def cut_document(text: str, max_chars: int) -> list[str]:
     return pieces
 
 
-def split_train_val(documents: Sequence[str], val_fraction: float, seed: int) -> np.ndarray:
+def split_train_val(documents: Sequence[str], val_fraction: float, seed: int, ensure_both: bool = True) -> np.ndarray:
     """(num_documents,) bool: which documents go to validation.
 
     Each document's place follows from a seeded hash of its content, so the
     split does not depend on the order or number of other documents, and
-    duplicated documents never straddle the two splits. Each split gets at
+    duplicated documents never straddle the two splits. With `ensure_both`
+    (prepare asks it of the corpus's first group only) each split gets at
     least one document.
     """
+    if not ensure_both:
+        return _val_scores(documents, seed) < np.uint64(val_fraction * 2.0**64)
     if len(documents) < 2:
         raise UserInputError(
             f"data.corpus: holds {len(documents)} document; at least 2 are needed to hold out validation "
             "(lower data.max_doc_chars or set data.val_corpus)"
         )
-    seed_bytes = str(seed).encode() + b"\0"
-    scores = np.array(
-        [
-            int.from_bytes(hashlib.blake2b(seed_bytes + doc.encode("utf-8"), digest_size=8).digest(), "little")
-            for doc in documents
-        ],
-        dtype=np.uint64,
-    )
+    scores = _val_scores(documents, seed)
     is_val = scores < np.uint64(val_fraction * 2.0**64)
     if not is_val.any():
         is_val[np.argmin(scores)] = True
     if is_val.all():
         is_val[np.argmax(scores)] = False
     return is_val
+
+
+def _val_scores(documents: Sequence[str], seed: int) -> np.ndarray:
+    seed_bytes = str(seed).encode() + b"\0"
+    return np.array(
+        [
+            int.from_bytes(hashlib.blake2b(seed_bytes + doc.encode("utf-8"), digest_size=8).digest(), "little")
+            for doc in documents
+        ],
+        dtype=np.uint64,
+    )
 
 
 def _embedded_sources() -> list[SourceFile]:
@@ -215,38 +305,46 @@ def _source(path: Path, field: str) -> SourceFile:
     return SourceFile(path, fmt)
 
 
-def _read_bytes(path: Path, field: str) -> bytes:
-    try:
-        return path.read_bytes()
-    except OSError as e:
-        raise UserInputError(f"{field}: cannot read {path} ({e.strerror})") from e
-
-
-def _jsonl_texts(path: Path, text_field: str, field: str) -> tuple[list[str], int]:
-    content, invalid = decode_utf8(_read_bytes(path, field))
+def _jsonl_texts(path: Path, data: bytes, start: int, text_field: str, field: str) -> tuple[list[str], int]:
+    """Texts of the .jsonl lines in `data`, which begins at byte `start` of the file (a line start)."""
+    content, invalid = decode_utf8(data)
     texts = []
     # Split on "\n" only: str.splitlines would also split inside JSON strings
     # holding raw U+2028 or other line separators.
-    for number, line in enumerate(content.split("\n"), start=1):
+    for number, line in enumerate(content.split("\n")):
         if not line.strip():
             continue
         try:
             record = json.loads(line)
         except json.JSONDecodeError as e:
-            raise UserInputError(f"{field}: {path} line {number}: not valid JSON ({e.msg})") from e
+            where = _line_number(path, start, number)
+            raise UserInputError(f"{field}: {path} line {where}: not valid JSON ({e.msg})") from e
         if not isinstance(record, dict) or text_field not in record:
-            raise UserInputError(f"{field}: {path} line {number}: no '{text_field}' field (data.text_field)")
+            where = _line_number(path, start, number)
+            raise UserInputError(f"{field}: {path} line {where}: no '{text_field}' field (data.text_field)")
         text = record[text_field]
         if text is None:
             text = ""
         if not isinstance(text, str):
             raise UserInputError(
-                f"{field}: {path} line {number}: '{text_field}' is a {type(text).__name__}, not a string"
+                f"{field}: {path} line {_line_number(path, start, number)}: "
+                f"'{text_field}' is a {type(text).__name__}, not a string"
             )
         text, lone_surrogates = _without_lone_surrogates(text)
         texts.append(text)
         invalid += lone_surrogates
     return texts, invalid
+
+
+def _line_number(path: Path, piece_start: int, line_in_piece: int) -> int:
+    """1-based line number in the file (only on errors: counts the lines before the piece)."""
+    before = 0
+    with open(path, "rb") as f:
+        remaining = piece_start
+        while remaining > 0 and (chunk := f.read(min(1 << 20, remaining))):
+            before += chunk.count(b"\n")
+            remaining -= len(chunk)
+    return before + line_in_piece + 1
 
 
 def _without_lone_surrogates(text: str) -> tuple[str, int]:
@@ -260,12 +358,12 @@ def _without_lone_surrogates(text: str) -> tuple[str, int]:
         return fixed, fixed.count("\ufffd") - text.count("\ufffd")
 
 
-def _parquet_texts(path: Path, text_field: str, field: str) -> tuple[list[str], int]:
+def _parquet_texts(path: Path, text_field: str, field: str, row_groups: range) -> tuple[list[str], int]:
     try:
         parquet = pq.ParquetFile(path)
         if text_field not in parquet.schema_arrow.names:
             raise UserInputError(f"{field}: {path} has no column '{text_field}' (data.text_field)")
-        column = parquet.read(columns=[text_field]).column(text_field)
+        column = parquet.read_row_groups(list(row_groups), columns=[text_field]).column(text_field)
     except (OSError, pa.ArrowException) as e:
         raise UserInputError(f"{field}: {path}: not a readable parquet file ({str(e).splitlines()[0]})") from e
     if not any(is_text(column.type) for is_text in _TEXT_TYPES):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +17,8 @@ from pyarrow import ipc
 
 # Bump when the layout of shards or manifest, or anything that changes the
 # prepared tokens for the same inputs, changes: it is part of the dataset hash.
-FORMAT_VERSION = 1
+# 2: documents packed within groups fixed by the input (workloads.data.groups), shards named after them.
+FORMAT_VERSION = 2
 MANIFEST_FILE = "manifest.json"
 TOKENIZER_FILE = "tokenizer.model"
 SPLITS = ("train", "val")
@@ -27,16 +29,19 @@ def shard_schema(seq_len: int) -> pa.Schema:
     return pa.schema([("tokens", sample), ("segments", sample)])
 
 
-def shard_file_name(split: str, index: int) -> str:
-    return f"{split}-{index:05d}.arrow"
+def shard_file_name(split: str, index: int, group: int | None = None) -> str:
+    if group is None:
+        return f"{split}-{index:05d}.arrow"
+    return f"{split}-{group:05d}-{index:03d}.arrow"
 
 
 def write_shards(
-    directory: Path, split: str, tokens: np.ndarray, segments: np.ndarray, shard_samples: int
+    directory: Path, split: str, tokens: np.ndarray, segments: np.ndarray, shard_samples: int, group: int | None = None
 ) -> list[dict]:
-    """Write (N, seq_len+1) tokens/segments as shards of at most shard_samples rows.
+    """Write (N, seq_len+1) tokens/segments as shards of at most shard_samples rows, named after `group`.
 
-    Returns the manifest entries [{file, num_samples, sha256}] in order.
+    Each file appears under its name only when complete. Returns the manifest
+    entries [{file, num_samples, sha256}] in order.
     """
     num_samples, width = tokens.shape
     schema = shard_schema(width - 1)
@@ -44,9 +49,11 @@ def write_shards(
     for index, start in enumerate(range(0, num_samples, shard_samples)):
         stop = min(start + shard_samples, num_samples)
         columns = [_fixed_size_lists(tokens[start:stop]), _fixed_size_lists(segments[start:stop])]
-        path = directory / shard_file_name(split, index)
-        with pa.OSFile(str(path), "wb") as sink, ipc.new_file(sink, schema) as writer:
+        path = directory / shard_file_name(split, index, group)
+        partial = path.with_name(f".{path.name}.{os.getpid()}.part")
+        with pa.OSFile(str(partial), "wb") as sink, ipc.new_file(sink, schema) as writer:
             writer.write_batch(pa.record_batch(columns, schema=schema))
+        os.replace(partial, path)
         entries.append({"file": path.name, "num_samples": stop - start, "sha256": file_sha256(path)})
     return entries
 

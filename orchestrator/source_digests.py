@@ -1,0 +1,77 @@
+"""Content digests of the corpus sources, re-computed only for files that changed.
+
+Every launch of pretrain (and every trial of a sweep) asks prepare for its
+dataset, whose name hashes the sources' contents. Reading a large corpus
+in full for that each time would cost minutes, so each file's digest is kept
+in `<dataset root>/.source-digests.json` with the file's size, modification
+time, inode and change time; a file whose record still matches is not read
+again. Editing, truncating or replacing a file changes at least one of those.
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from workloads.data.corpus import SourceDigest, SourceFile, digest_source
+from workloads.errors import UserInputError
+
+CACHE_FILE = ".source-digests.json"
+_HASH_THREADS = 8  # hashlib releases the GIL: several files are read and hashed at once
+
+
+def _signature(path: Path | str, field: str) -> list[int]:
+    try:
+        st = os.stat(path)
+    except OSError as e:
+        raise UserInputError(f"{field}: cannot read {path} ({e.strerror})") from e
+    return [st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns]
+
+
+def digest_sources_cached(
+    sources: Sequence[SourceFile], field: str, cache_dir: Path, refresh: bool = False
+) -> list[SourceDigest]:
+    """Each source's digest: from the cache where its stat signature is unchanged (unless refresh)."""
+    cache_path = Path(cache_dir) / CACHE_FILE
+    cache = {} if refresh else _read(cache_path)
+    signatures = [_signature(source.path, field) for source in sources]
+    digests: list[SourceDigest | None] = []
+    stale = []
+    for i, (source, signature) in enumerate(zip(sources, signatures)):
+        entry = cache.get(str(source.path))
+        if entry and entry.get("signature") == signature and entry.get("format") == source.format:
+            digests.append(SourceDigest(str(source.path), source.format, entry["sha256"], signature[0]))
+        else:
+            digests.append(None)
+            stale.append(i)
+    if not stale:
+        return digests  # type: ignore[return-value]
+    with ThreadPoolExecutor(max_workers=min(_HASH_THREADS, len(stale))) as pool:
+        for i, digest in zip(stale, pool.map(lambda i: digest_source(sources[i], field), stale)):
+            digests[i] = digest
+            cache[digest.path] = {"signature": signatures[i], "format": digest.format, "sha256": digest.sha256}
+    _write(cache_path, cache)
+    return digests  # type: ignore[return-value]
+
+
+def _read(path: Path) -> dict:
+    try:
+        cache = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return cache if isinstance(cache, dict) else {}
+
+
+def _write(path: Path, cache: dict) -> None:
+    """Atomically; a cache that cannot be written only means hashing again next time."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f"{CACHE_FILE}.", dir=path.parent)
+        with os.fdopen(fd, "w") as out:
+            json.dump(cache, out)
+        os.replace(tmp, path)
+    except OSError:
+        pass
