@@ -47,6 +47,11 @@ from workloads.tokenizer import Tokenizer, TokenizerConfig, train_tokenizer
 # Data fields that do not change the prepared files: where they go, and the
 # training-time order. Corpus paths are covered by their files' digests.
 _FIELDS_NOT_HASHED = {"dataset_dir", "shuffle_seed", "corpus", "val_corpus"}
+CLI_SUMMARY = (
+    "Prepare the dataset of a pretrain recipe (its data and tokenizer sections) with Ray Data, unless already "
+    "prepared.\n\n--verify      also re-read every corpus source and re-hash the tokenizer and every shard\n"
+    "              against the manifest, instead of trusting checksums recorded for unchanged files"
+)
 PROGRESS_EVERY_S = 2.0  # at most one progress line this often (and one for the last group)
 
 
@@ -407,15 +412,17 @@ def _plural(n: int, noun: str) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     # Imported here so that importing this module does not pull in the CLI
     # layer; prepare takes the same recipes and overrides as pretrain.
-    from orchestrator.pretrain import parse_cli
-
+    from orchestrator.config import parse_tree
     from orchestrator.dataset_checks import verify_dataset
+    from orchestrator.pretrain import resolve_model_source
+    from orchestrator.pretrain_config import PretrainConfig
 
     argv = list(sys.argv[1:] if argv is None else argv)
     verify = "--verify" in argv  # re-hash every source and shard instead of trusting recorded checksums
     argv = [arg for arg in argv if arg != "--verify"]
     try:
-        cfg = parse_cli(argv, prog="orchestrator.prepare")
+        cfg = parse_tree(PretrainConfig, argv, "orchestrator.prepare", CLI_SUMMARY, default_recipe="default",
+                         resolve=resolve_model_source)
         root = Path(cfg.data.dataset_dir or Path(cfg.run.output_dir) / "datasets")
         dataset_dir = prepare_dataset(cfg.data, cfg.tokenizer, root, refresh_digests=verify)
         if verify:

@@ -25,6 +25,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from orchestrator.bench_prepare import parse_progress
 from orchestrator.prepare import prepare_dataset
 from orchestrator.source_digests import CACHE_FILE, digest_sources_cached
 from workloads.data.config import DataConfig
@@ -99,6 +100,10 @@ def test_pieces_and_groups_come_from_the_input(reference):
     manifest = load_manifest(dataset_dir)
     assert manifest["groups"] >= 12 and manifest["group_bytes"] == GROUP_BYTES
     assert re.search(rf"prepare: {manifest['groups']}/{manifest['groups']} groups, .* tokens, .* ETA 0 s", output)
+    # The bench reads the same lines for prepare's tokens/s: they end at the dataset's token count.
+    progress = parse_progress(output)
+    assert progress[-1]["tokens"] == sum(manifest["splits"][s]["num_tokens"] for s in ("train", "val"))
+    assert progress[-1]["mb"] == progress[-1]["total_mb"] > 0
     assert "built" in output and "on 1 node" in output
     # Shards are named after their group; every group holds train samples.
     groups = {int(shard["file"].split("-")[1]) for shard in manifest["splits"]["train"]["shards"]}
@@ -144,7 +149,8 @@ KILLABLE_PREPARE = textwrap.dedent("""
     import sys, ray
     sys.path.insert(0, {tests!r})
     from test_prepare_scale import configs
-    from orchestrator.prepare import prepare_dataset
+    from orchestrator.bench_prepare import parse_progress
+from orchestrator.prepare import prepare_dataset
     from pathlib import Path
     ray.init(address="local", num_cpus=1, include_dashboard=False)
     prepare_dataset(*configs(Path({corpus!r})), Path({root!r}), group_bytes={group_bytes})
