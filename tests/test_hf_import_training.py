@@ -55,7 +55,7 @@ def test_pretraining_starts_from_the_imported_weights_and_exports_back(llama_dir
     tokens, _ = train.get(stream_indices(train.num_samples, 0, 8, seed=0))  # the first global batch
     with torch.no_grad():  # every position predicts the next token, as in training
         logits = hf_model(tokens[:, :-1]).logits  # (8, 64, 512)
-        expected = torch.nn.functional.cross_entropy(logits.reshape(-1, 512), tokens[:, 1:].reshape(-1))
+        expected = torch.nn.functional.cross_entropy(logits.reshape(-1, 512), tokens[:, 1:].reshape(-1).long())
     assert losses[1] == pytest.approx(expected.item(), rel=1e-5)
     assert losses[6] < losses[1]
 

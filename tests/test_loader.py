@@ -43,11 +43,43 @@ def test_get_returns_what_was_written(dataset_dir):
     assert (train.num_samples, train.seq_len, len(train._shards)) == (50, SEQ_LEN, 4)  # 16+16+16+2
     indices = np.array([49, 0, 17, 16, 15, 33, 17])  # across all shards, unordered, repeated
     tokens, segments = train.get(indices)
-    assert tokens.dtype == torch.int64 and tokens.shape == (7, SEQ_LEN + 1)
+    # The stored width: the loss widens the targets where cross-entropy needs int64.
+    assert tokens.dtype == segments.dtype == torch.int32
+    assert tokens.shape == segments.shape == (7, SEQ_LEN + 1)
     np.testing.assert_array_equal(tokens.numpy(), samples["train"][0][indices])
     np.testing.assert_array_equal(segments.numpy(), samples["train"][1][indices])
     val_tokens, _ = PackedDataset(directory, "val").get(np.arange(7))
     np.testing.assert_array_equal(val_tokens.numpy(), samples["val"][0])
+
+
+@pytest.mark.parametrize("indices", [
+    [5, 3, 9, 3],  # one shard
+    [15, 16],  # two shards, ascending
+    [33, 2, 49, 17, 48, 0, 32, 31],  # every shard, shuffled
+    [49, 48, 47, 16, 15, 14, 1, 0],  # descending
+    [7] * 5,  # one sample again and again
+])
+def test_rows_come_back_in_the_order_asked(dataset_dir, indices):
+    directory, samples = dataset_dir
+    tokens, segments = PackedDataset(directory, "train").get(np.array(indices))
+    assert tokens.is_contiguous() and segments.is_contiguous()
+    np.testing.assert_array_equal(tokens.numpy(), samples["train"][0][indices])
+    np.testing.assert_array_equal(segments.numpy(), samples["train"][1][indices])
+
+
+def test_a_shuffled_stream_reads_the_stored_samples_in_stream_order(dataset_dir):
+    directory, samples = dataset_dir
+    train = PackedDataset(directory, "train")
+    for step in range(12):  # 12 * 8 samples cross the epoch boundary of 50
+        indices = global_batch_indices(train.num_samples, 8, step, seed=4)
+        tokens, segments = train.get(indices)
+        np.testing.assert_array_equal(tokens.numpy(), samples["train"][0][indices])
+        np.testing.assert_array_equal(segments.numpy(), samples["train"][1][indices])
+
+
+def test_no_indices_give_empty_batches(dataset_dir):
+    tokens, segments = PackedDataset(dataset_dir[0], "train").get(np.array([], dtype=np.int64))
+    assert tokens.shape == segments.shape == (0, SEQ_LEN + 1) and tokens.dtype == torch.int32
 
 
 def test_shards_are_mapped_not_copied(tmp_path):
@@ -58,10 +90,11 @@ def test_shards_are_mapped_not_copied(tmp_path):
     assert not train._token_views[0].flags.owndata
 
 
-def test_out_of_range_index_is_refused(dataset_dir):
+@pytest.mark.parametrize("indices", [[50], [3, 50], [-1], [3, -1, 20]])
+def test_out_of_range_index_is_refused(dataset_dir, indices):
     train = PackedDataset(dataset_dir[0], "train")
-    with pytest.raises(IndexError):
-        train.get(np.array([50]))
+    with pytest.raises(IndexError, match=r"out of range \[0, 50\)"):
+        train.get(np.array(indices))
 
 
 def test_pickled_dataset_reopens_the_files(dataset_dir):

@@ -422,9 +422,11 @@ def lm_loss(logits: torch.Tensor, targets: torch.Tensor, reduction: str = "mean"
     """Cross-entropy of logits (B, T, V) against targets (B, T); targets of -100 are ignored.
 
     "mean" averages over counted tokens (training); "sum" gives summed nats (evaluation).
+    Targets may be int32, as the loader stores them: they are widened here, on their
+    device, because cross-entropy takes int64 class indices.
     """
     # Views, not copies: the logits are the largest activation of the model.
-    return F.cross_entropy(logits.view(-1, logits.shape[-1]), targets.reshape(-1), reduction=reduction)
+    return F.cross_entropy(logits.view(-1, logits.shape[-1]), targets.reshape(-1).long(), reduction=reduction)
 
 
 def token_logprobs(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:

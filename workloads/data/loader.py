@@ -2,11 +2,15 @@
 
 Each shard's fixed_size_list columns are viewed as (rows, seq_len+1) int32
 numpy arrays straight over the mapped file; `get` gathers the requested rows
-(only those pages are read) and widens them to int64 torch tensors.
+(only those pages are read) into int32 torch tensors, the width they are stored
+in: half the bytes of int64 to copy here and to move to a device. The model takes
+int32 ids as they are (embedding lookups, segment comparisons) and widens the
+targets where cross-entropy needs int64 (`workloads.model.lm_loss`).
 """
 from __future__ import annotations
 
 import json
+from bisect import bisect_right
 from pathlib import Path
 
 import numpy as np
@@ -37,7 +41,7 @@ def load_manifest(dataset_dir: str | Path) -> dict:
 class PackedDataset:
     """The samples of one split ("train" or "val") of a prepared dataset.
 
-    `get(indices)` returns (tokens, segments) as int64 torch tensors of shape
+    `get(indices)` returns (tokens, segments) as int32 torch tensors of shape
     (len(indices), seq_len+1). Pickling reopens the files on the other side,
     so a dataset can be handed to Ray workers.
     """
@@ -59,6 +63,7 @@ class PackedDataset:
             self._segment_views += segments
         counts = [len(view) for view in self._token_views]
         self._starts = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)  # (num_views+1,)
+        self._view_ends = self._starts[1:].tolist()  # for bisect on plain ints
 
     def __reduce__(self):
         return (PackedDataset, (str(self.dataset_dir), self.split))
@@ -71,20 +76,38 @@ class PackedDataset:
         return self.num_samples
 
     def get(self, indices: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-        """Samples at `indices` (b,): tokens and segments, each (b, seq_len+1) int64."""
+        """Samples at `indices` (b,), in that order: tokens and segments, each (b, seq_len+1) int32.
+
+        One gather (`take`) per view that holds some of the samples, straight from the
+        mapped file into the output when they all lie in one view.
+        """
         indices = np.asarray(indices, dtype=np.int64)
         if indices.ndim != 1:
             raise ValueError(f"indices must be 1-D, got shape {indices.shape}")
-        if len(indices) and (indices.min() < 0 or indices.max() >= self.num_samples):
+        if not len(indices):
+            empty = torch.empty((0, self.seq_len + 1), dtype=torch.int32)
+            return empty, empty.clone()
+        order = indices.argsort(kind="stable")
+        ordered = indices[order]  # (b,) ascending, so each view's samples are consecutive
+        low, high = int(ordered[0]), int(ordered[-1])
+        if low < 0 or high >= self.num_samples:
             raise IndexError(f"sample index out of range [0, {self.num_samples}) in {self.split}")
-        tokens = np.empty((len(indices), self.seq_len + 1), dtype=np.int64)
-        segments = np.empty_like(tokens)
-        view_of = np.searchsorted(self._starts, indices, side="right") - 1  # (b,)
-        for view in np.unique(view_of):
-            rows = view_of == view
-            local = indices[rows] - self._starts[view]
-            tokens[rows] = self._token_views[view][local]
-            segments[rows] = self._segment_views[view][local]
+        first = bisect_right(self._view_ends, low)
+        if first == bisect_right(self._view_ends, high):
+            local = indices - self._starts[first]
+            tokens, segments = self._token_views[first].take(local, 0), self._segment_views[first].take(local, 0)
+            return torch.from_numpy(tokens), torch.from_numpy(segments)
+        # Gather each view's samples in ascending order, then put the rows back in the order asked.
+        views = self._starts.searchsorted(ordered, side="right") - 1  # (b,) ascending
+        bounds = [0, *((views[1:] != views[:-1]).nonzero()[0] + 1).tolist(), len(ordered)]
+        tokens, segments = [], []
+        for begin, end in zip(bounds[:-1], bounds[1:]):
+            view = int(views[begin])
+            local = ordered[begin:end] - self._starts[view]
+            tokens.append(self._token_views[view].take(local, 0))
+            segments.append(self._segment_views[view].take(local, 0))
+        back = order.argsort()  # (b,) where each asked sample sits among the ordered ones
+        tokens, segments = np.concatenate(tokens).take(back, 0), np.concatenate(segments).take(back, 0)
         return torch.from_numpy(tokens), torch.from_numpy(segments)
 
     def verify_checksums(self) -> None:

@@ -26,7 +26,7 @@ def train_step(engine, dataset, micro_batches: list[np.ndarray], device) -> floa
     """One optimizer step over this rank's micro-batches; returns the rank's mean loss."""
     losses = []
     for indices in micro_batches:
-        tokens, segments = dataset.get(indices)
+        tokens, segments = dataset.get(indices)  # int32, as stored: the loss widens the targets on the device
         tokens, segments = tokens.to(device, non_blocking=True), segments.to(device, non_blocking=True)
         loss = engine(tokens[:, :-1], targets=tokens[:, 1:], segment_ids=segments[:, :-1])  # inputs/targets (B, T)
         engine.backward(loss)
