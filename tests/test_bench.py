@@ -67,11 +67,12 @@ def test_flop_budget_gives_the_most_steps_that_fit():
 
 
 def test_loader_and_memcpy_measurements(dataset_dir):
-    loader = bench.measure_loader(dataset_dir, micro_batch_size=4, seconds=0.05)
-    assert loader["bytes_per_micro_batch"] == 2 * 4 * (SEQ_LEN + 1) * 8  # tokens and segments, int64
+    loader = bench.measure_loader(dataset_dir, micro_batch_size=4, seconds=0.05, micro_batches=30)
+    assert loader["bytes_per_micro_batch"] == 2 * 4 * (SEQ_LEN + 1) * 4  # tokens and segments, int32
+    assert loader["bytes_per_pass"] == 30 * loader["bytes_per_micro_batch"]
     assert loader["micro_batches_per_s"] > 0
     assert loader["bytes_per_s"] == pytest.approx(loader["micro_batches_per_s"] * loader["bytes_per_micro_batch"])
-    assert bench.measure_memcpy(loader["bytes_per_micro_batch"], seconds=0.01) > 0
+    assert bench.measure_memcpy(loader["bytes_per_pass"], seconds=0.01) > 0
 
 
 def test_bare_loop_trains_and_times_every_step(dataset_dir):

@@ -10,7 +10,6 @@ targets where cross-entropy needs int64 (`workloads.model.lm_loss`).
 from __future__ import annotations
 
 import json
-from bisect import bisect_right
 from pathlib import Path
 
 import numpy as np
@@ -63,7 +62,7 @@ class PackedDataset:
             self._segment_views += segments
         counts = [len(view) for view in self._token_views]
         self._starts = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)  # (num_views+1,)
-        self._view_ends = self._starts[1:].tolist()  # for bisect on plain ints
+        self._view_starts = self._starts.tolist()
 
     def __reduce__(self):
         return (PackedDataset, (str(self.dataset_dir), self.split))
@@ -78,36 +77,28 @@ class PackedDataset:
     def get(self, indices: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
         """Samples at `indices` (b,), in that order: tokens and segments, each (b, seq_len+1) int32.
 
-        One gather (`take`) per view that holds some of the samples, straight from the
-        mapped file into the output when they all lie in one view.
+        One gather (`take`) per column when the samples all lie in one view; otherwise
+        row by row, since a shuffled micro-batch touches about as many views as it has
+        samples (a view per shard file) and a row copy costs less than a gather per view.
         """
         indices = np.asarray(indices, dtype=np.int64)
         if indices.ndim != 1:
             raise ValueError(f"indices must be 1-D, got shape {indices.shape}")
-        if not len(indices):
-            empty = torch.empty((0, self.seq_len + 1), dtype=torch.int32)
-            return empty, empty.clone()
-        order = indices.argsort(kind="stable")
-        ordered = indices[order]  # (b,) ascending, so each view's samples are consecutive
-        low, high = int(ordered[0]), int(ordered[-1])
-        if low < 0 or high >= self.num_samples:
+        # Each sample's view, -1 below the range and num_views above it; plain ints from here.
+        views = (self._starts.searchsorted(indices, side="right") - 1).tolist()
+        low, high = (min(views), max(views)) if views else (0, 0)
+        if low < 0 or high >= len(self._token_views):
             raise IndexError(f"sample index out of range [0, {self.num_samples}) in {self.split}")
-        first = bisect_right(self._view_ends, low)
-        if first == bisect_right(self._view_ends, high):
-            local = indices - self._starts[first]
-            tokens, segments = self._token_views[first].take(local, 0), self._segment_views[first].take(local, 0)
+        if views and low == high:
+            local = indices - self._starts[low]
+            tokens, segments = self._token_views[low].take(local, 0), self._segment_views[low].take(local, 0)
             return torch.from_numpy(tokens), torch.from_numpy(segments)
-        # Gather each view's samples in ascending order, then put the rows back in the order asked.
-        views = self._starts.searchsorted(ordered, side="right") - 1  # (b,) ascending
-        bounds = [0, *((views[1:] != views[:-1]).nonzero()[0] + 1).tolist(), len(ordered)]
-        tokens, segments = [], []
-        for begin, end in zip(bounds[:-1], bounds[1:]):
-            view = int(views[begin])
-            local = ordered[begin:end] - self._starts[view]
-            tokens.append(self._token_views[view].take(local, 0))
-            segments.append(self._segment_views[view].take(local, 0))
-        back = order.argsort()  # (b,) where each asked sample sits among the ordered ones
-        tokens, segments = np.concatenate(tokens).take(back, 0), np.concatenate(segments).take(back, 0)
+        tokens = np.empty((len(indices), self.seq_len + 1), dtype=np.int32)
+        segments = np.empty_like(tokens)
+        for row, (view, index) in enumerate(zip(views, indices.tolist())):
+            sample = index - self._view_starts[view]
+            tokens[row] = self._token_views[view][sample]
+            segments[row] = self._segment_views[view][sample]
         return torch.from_numpy(tokens), torch.from_numpy(segments)
 
     def verify_checksums(self) -> None:
