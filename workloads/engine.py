@@ -8,6 +8,9 @@ JIT-compiled on CPU; fused on GPU) and the learning-rate schedule, and calls
 from __future__ import annotations
 
 import copy
+import importlib
+import os
+import sys
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
@@ -91,6 +94,43 @@ def make_scheduler(optimizer: torch.optim.Optimizer, train: TrainConfig) -> torc
     return torch.optim.lr_scheduler.LambdaLR(optimizer, partial(lr_multiplier, cfg=train))
 
 
+def import_deepspeed():
+    """`import deepspeed` without two import-time costs of features this project never uses.
+
+    Deferred to the workers (importing DeepSpeed is slow and the driver never needs it). DeepSpeed's
+    autotuner imports MLflow (1-1.5 s) to log autotuning experiments, which run from DeepSpeed's own
+    launcher, never inside a training worker; it does without when MLflow is missing. ZeRO's
+    optimizer check imports DeepSpeed's Muon optimizer, whose kernels are wrapped in torch.compile
+    at import, which loads inductor (about 1.4 s); our optimizer is torch's AdamW, so those
+    kernels never run and are imported with TorchDynamo switched off (plain functions) instead.
+    Both only shorten a worker's start: a process that already imported MLflow keeps it for
+    DeepSpeed, and nothing compiled by the stage (`parallel.compile_blocks`) is affected.
+    """
+    if "deepspeed" not in sys.modules and "mlflow" not in sys.modules:
+        sys.modules["mlflow"] = None  # makes `import mlflow` raise ImportError
+        try:
+            import deepspeed  # noqa: F401
+        finally:
+            if sys.modules.get("mlflow", "") is None:
+                del sys.modules["mlflow"]
+    muon = "deepspeed.runtime.zero.muon.muon_optimizer"
+    if muon not in sys.modules:
+        previous = os.environ.get("TORCHDYNAMO_DISABLE")
+        os.environ["TORCHDYNAMO_DISABLE"] = "1"
+        try:
+            importlib.import_module(muon)
+        except ImportError:  # an older DeepSpeed without Muon
+            pass
+        finally:
+            if previous is None:
+                del os.environ["TORCHDYNAMO_DISABLE"]
+            else:
+                os.environ["TORCHDYNAMO_DISABLE"] = previous
+    import deepspeed
+
+    return deepspeed
+
+
 def build_engine(
     model: torch.nn.Module,
     ds: DeepSpeedConfig,
@@ -100,9 +140,7 @@ def build_engine(
     overrides: dict[str, Any] | None = None,
 ):
     """`deepspeed.initialize` with our optimizer and schedule; returns the engine."""
-    import deepspeed  # deferred: importing DeepSpeed is slow and only workers need it
-
-    engine, _, _, _ = deepspeed.initialize(
+    engine, _, _, _ = import_deepspeed().initialize(
         model=model,
         model_parameters=param_groups(model, train.weight_decay),
         optimizer=partial(make_adamw, train=train, on_gpu=on_gpu),
