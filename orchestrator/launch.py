@@ -15,7 +15,7 @@ from typing import Any
 
 from orchestrator import best_checkpoint, ray_runtime, run_state
 from orchestrator.config import to_dict
-from orchestrator.tracking import RunRecorder, resolve_tracking_uri
+from orchestrator.tracking import RunRecorder, client_in_background, resolve_tracking_uri
 
 
 def worker_runtime_env(scaling) -> dict[str, Any]:
@@ -110,10 +110,11 @@ def train_on_ray(cfg, launch: Launch) -> dict[str, Any]:
     if cfg.scaling.nccl_preset:
         worker_runtime_env(cfg.scaling)  # a bad preset name fails here, before anything starts
 
+    tracking_uri = resolve_tracking_uri(cfg.tracking.uri)
+    client = client_in_background(tracking_uri)  # seconds of imports and store set-up, while Ray starts
     print(f"{name}: {ray_runtime.connect()}", flush=True)
     dataset_dir, manifest = launch.prepare()
 
-    tracking_uri = resolve_tracking_uri(cfg.tracking.uri)
     state = run_state.RunState(launch.identity, launch.global_batch, previous.mlflow_run_id if previous else "",
                                tracking_uri)
     run_state.save(run_dir, state)
@@ -127,6 +128,7 @@ def train_on_ray(cfg, launch: Launch) -> dict[str, Any]:
         tags={"orchestrator.stage": name, "orchestrator.identity": launch.identity, "orchestrator.run_dir": str(run_dir),
               **launch.tags},
         config=to_dict(cfg), dataset_dir=dataset_dir, manifest=manifest, run_dir=run_dir, on_run_opened=remember_run_id,
+        client=client.result(),
     )
     recorder.start()
     print(f"{name}: run '{cfg.run.name}' in {run_dir} | MLflow run {recorder.run_id or '(pending)'} at {tracking_uri}")

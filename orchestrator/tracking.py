@@ -15,6 +15,7 @@ import json
 import os
 import threading
 import time
+from concurrent.futures import Future
 from pathlib import Path
 from typing import Any, Callable
 
@@ -37,6 +38,28 @@ def resolve_tracking_uri(configured: str) -> str:
     if uri:
         return uri
     return f"sqlite:///{Path.cwd().resolve() / 'mlflow.db'}"
+
+
+def client_in_background(uri: str) -> Future:
+    """A future MLflow client for `uri`, built in a thread.
+
+    Importing MLflow and opening its store (for a database: connecting and checking its schema)
+    take seconds of a launch; the driver starts them before Ray and collects the client once the
+    run is to be opened. Building the client contacts no tracking server, so an unreachable one
+    changes nothing here; any other error is raised by `result()`.
+    """
+    future: Future = Future()
+
+    def build() -> None:
+        try:
+            from mlflow.tracking import MlflowClient
+
+            future.set_result(MlflowClient(uri))
+        except BaseException as err:  # noqa: BLE001 - handed to whoever collects the client
+            future.set_exception(err)
+
+    threading.Thread(target=build, name="mlflow-client", daemon=True).start()
+    return future
 
 
 def flatten(tree: dict[str, Any]) -> dict[str, str]:
@@ -64,11 +87,14 @@ class RunRecorder:
         run_dir: Path,
         on_run_opened: Callable[[str], None],
         retry_seconds: float = 2.0,
+        client: Any = None,  # an MlflowClient for `uri` already built (client_in_background)
     ):
-        from mlflow.tracking import MlflowClient
+        if client is None:
+            from mlflow.tracking import MlflowClient
 
+            client = MlflowClient(uri)
         self.uri = uri
-        self.client = MlflowClient(uri)
+        self.client = client
         self.run_id = ""
         self._experiment = experiment
         self._run_name = run_name
