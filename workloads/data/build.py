@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from workloads.data.corpus import read_piece, split_train_val
+from workloads.data.corpus import read_pieces, split_train_val
 from workloads.data.groups import Group
 from workloads.data.packing import pack
 from workloads.data.shards import SPLITS, write_shards
@@ -46,16 +46,7 @@ def read_finished_group(build_dir: Path, index: int) -> dict | None:
 def group_documents(group: Group, text_field: str, max_doc_chars: int) -> tuple[list[str], int, int]:
     """(non-empty documents in order, invalid UTF-8 sequences, empty documents skipped)."""
     field = "data.corpus" if group.split == "train" else "data.val_corpus"
-    documents, invalid, empty = [], 0, 0
-    for piece in group.pieces:
-        texts, bad = read_piece(piece, text_field, max_doc_chars, field)
-        invalid += bad
-        for text in texts:
-            if text:
-                documents.append(text)
-            else:
-                empty += 1
-    return documents, invalid, empty
+    return read_pieces(group.pieces, text_field, max_doc_chars, field)
 
 
 def is_val_documents(group: Group, documents: list[str], settings: dict[str, Any]) -> np.ndarray:

@@ -121,22 +121,30 @@ def read_corpus(
     sources: Sequence[SourceFile], text_field: str, max_doc_chars: int, field: str = "data.corpus"
 ) -> Corpus:
     """All documents of the sources, in order; text files are cut to about max_doc_chars."""
+    pieces = [whole_file_piece(source, field) for source in sources]
+    documents, invalid, empty = read_pieces(pieces, text_field, max_doc_chars, field)
+    if not documents:
+        where = f"{sources[0].path} holds" if len(sources) == 1 else f"all {len(sources)} files hold"
+        raise UserInputError(f"{field}: {where} no text")
+    num_bytes = sum(len(text.encode("utf-8")) for text in documents)
+    return Corpus(documents, num_bytes, invalid, empty)
+
+
+def read_pieces(
+    pieces: Sequence[Piece], text_field: str, max_doc_chars: int, field: str
+) -> tuple[list[str], int, int]:
+    """(non-empty documents in order, invalid UTF-8 sequences, empty documents skipped)."""
     documents: list[str] = []
-    invalid = 0
-    empty = 0
-    for source in sources:
-        texts, bad = read_piece(whole_file_piece(source, field), text_field, max_doc_chars, field)
+    invalid = empty = 0
+    for piece in pieces:
+        texts, bad = read_piece(piece, text_field, max_doc_chars, field)
         invalid += bad
         for text in texts:
             if text:
                 documents.append(text)
             else:
                 empty += 1
-    if not documents:
-        where = f"{sources[0].path} holds" if len(sources) == 1 else f"all {len(sources)} files hold"
-        raise UserInputError(f"{field}: {where} no text")
-    num_bytes = sum(len(text.encode("utf-8")) for text in documents)
-    return Corpus(documents, num_bytes, invalid, empty)
+    return documents, invalid, empty
 
 
 def whole_file_piece(source: SourceFile, field: str = "data.corpus") -> Piece:
