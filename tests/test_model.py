@@ -17,7 +17,9 @@ from workloads.model import (
     NORM_KINDS,
     POSITION_KINDS,
     ModelConfig,
+    RMSNorm,
     alibi_slopes,
+    apply_rope,
     count_parameters,
     forward_flops_per_token,
     matmul_parameters,
@@ -146,6 +148,82 @@ def test_alibi_bias_is_minus_slope_times_distance_and_masked_across_documents():
     assert bias[0, 1, 4, 3] == -slope
     assert bias[0, 1, 0, 1] == float("-inf")  # future
     assert bias[0, 1, 3, 2] == float("-inf")  # earlier document
+
+
+def reference_attention(q, k, v, segment_ids):
+    """Softmax attention written out: query i sees key j iff j <= i and both lie in one document."""
+    T = q.shape[2]
+    i, j = torch.arange(T)[:, None], torch.arange(T)[None, :]
+    allowed = (j <= i) & (segment_ids[:, None, :, None] == segment_ids[:, None, None, :])  # (B, 1, T, T)
+    scores = (q @ k.transpose(-1, -2)) / math.sqrt(q.shape[-1])  # (B, H, T, T)
+    return torch.softmax(scores.masked_fill(~allowed, float("-inf")), dim=-1) @ v
+
+
+@pytest.mark.parametrize("segment_ids", [
+    SEGMENTS,  # every row holds three documents
+    torch.tensor([[0] * 16, [0] * 3 + [1] * 13]),  # one row of one document, one of two
+    torch.tensor([[4] * 16, [0] * 16]),  # one document per row: plain causal attention
+])
+def test_document_masked_attention_matches_the_written_out_reference(segment_ids):
+    model = tiny_model()  # rope, per-document mask
+    attention = model.blocks[0].attn
+    x = torch.randn(2, 16, 32, generator=torch.Generator().manual_seed(3))
+    attn_bias, rope = model.attention_inputs(segment_ids, 16, x.dtype)
+    B, T, hd = 2, 16, attention.head_dim
+    q, k, v = attention.qkv(x).view(B, T, 3 * attention.n_heads, hd).split(attention.n_heads, dim=2)
+    q, k = apply_rope(q, *rope), apply_rope(k, *rope)
+    expected = reference_attention(*(t.transpose(1, 2) for t in (q, k, v)), segment_ids)  # (B, H, T, head_dim)
+    expected = attention.proj(expected.transpose(1, 2).reshape(B, T, 32))
+    torch.testing.assert_close(attention(x, attn_bias, rope), expected, atol=1e-5, rtol=1e-5)
+
+
+def test_the_document_mask_is_additive_and_left_out_when_each_row_is_one_document():
+    model = tiny_model()
+    bias, _ = model.attention_inputs(torch.tensor([[0] * 3 + [1] * 2]), 5, torch.bfloat16)
+    assert bias.dtype == torch.bfloat16 and bias.shape == (1, 1, 5, 5)
+    allowed = torch.tensor([[1, 0, 0, 0, 0], [1, 1, 0, 0, 0], [1, 1, 1, 0, 0], [0, 0, 0, 1, 0], [0, 0, 0, 1, 1]]).bool()
+    assert torch.equal(bias[0, 0] == 0, allowed) and bias[0, 0][~allowed].eq(float("-inf")).all()
+    assert model.attention_inputs(torch.tensor([[0] * 5, [2] * 5]), 5, torch.float32)[0] is None  # SDPA's is_causal
+
+
+def test_rope_rotates_channel_pairs_and_its_gradient_rotates_back():
+    x = torch.randn(2, 7, 3, 8, dtype=torch.float64, requires_grad=True)  # (B, T, H, head_dim)
+    angles = torch.randn(7, 4, dtype=torch.float64)
+    cos, sin = angles.cos(), angles.sin()
+    x1, x2 = x.detach().chunk(2, dim=-1)
+    c, s = cos[:, None], sin[:, None]
+    expected = torch.cat((x1 * c - x2 * s, x1 * s + x2 * c), dim=-1)
+    torch.testing.assert_close(apply_rope(x, cos, sin), expected, atol=1e-12, rtol=0)
+    assert torch.autograd.gradcheck(lambda t: apply_rope(t, cos, sin), (x,))
+    rows = torch.randn(2, 7, 4, dtype=torch.float64)  # (B, T, head_dim/2): each row its own positions
+    assert torch.autograd.gradcheck(lambda t: apply_rope(t, rows.cos(), rows.sin()), (x,))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_rmsnorm_matches_torchs_forward_and_backward(dtype):
+    torch.manual_seed(0)
+    ours, theirs = RMSNorm(16, eps=1e-5), torch.nn.RMSNorm(16, eps=1e-5)
+    with torch.no_grad():
+        ours.weight.uniform_(0.5, 1.5)
+    theirs.load_state_dict(ours.state_dict())  # the same state dict: checkpoints load either way
+    ours, theirs = ours.to(dtype), theirs.to(dtype)
+    x = torch.randn(3, 5, 16, dtype=dtype, requires_grad=True)
+    grad = torch.randn_like(x)
+    outputs, grads = [], []
+    for norm in (ours, theirs):
+        out = norm(x)
+        out.backward(grad)
+        outputs.append(out)
+        grads.append((x.grad, norm.weight.grad))
+        x.grad = None
+    assert outputs[0].dtype == dtype
+    tolerance = dict(atol=1e-5, rtol=1e-5) if dtype == torch.float32 else dict(atol=0.02, rtol=0.02)
+    torch.testing.assert_close(outputs[0], outputs[1], **tolerance)
+    torch.testing.assert_close(grads[0], grads[1], **tolerance)
+    x64, weight = torch.randn(2, 4, 8, dtype=torch.float64, requires_grad=True), torch.nn.Parameter(torch.rand(8, dtype=torch.float64))
+    norm = RMSNorm(8, eps=1e-5).double()
+    norm.weight = weight
+    assert torch.autograd.gradcheck(lambda t, w: norm(t), (x64, weight))
 
 
 def test_pipeline_pieces_compose_to_forward():

@@ -222,10 +222,43 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
     cos and sin are (T, head_dim/2) when every row has the same positions (training), or
     (B, T, head_dim/2) when each row has its own (decoding left-padded prompts).
     """
+    return _Rotation.apply(x, cos, sin)
+
+
+class _Rotation(torch.autograd.Function):
+    """RoPE as one autograd node: the gradient of a rotation is the rotation by the opposite
+    angles, so the backward is one more rotation and saves no activations (cos and sin are
+    slices of the tables), where autograd through the elementwise forward took a dozen ops."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(cos, sin)
+        return _rotate(x, cos, sin, sign=1.0)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        cos, sin = ctx.saved_tensors
+        return _rotate(grad, cos, sin, sign=-1.0), None, None
+
+
+def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, sign: float) -> torch.Tensor:
+    """(x1 cos - x2 sin, x2 cos + x1 sin) with sin's sign flipped by `sign`, written straight into the two halves."""
     x1, x2 = x.chunk(2, dim=-1)  # (B, T, H, head_dim/2) each
     cos = cos.unsqueeze(-2)  # (..., T, 1, head_dim/2): the same rotation for every head
     sin = sin.unsqueeze(-2)
-    return torch.cat((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1)
+    if torch.compiler.is_compiling():  # dynamo cannot trace `out=` into a view; inductor fuses this anyway
+        return torch.cat((torch.addcmul(x1 * cos, x2, sin, value=-sign), torch.addcmul(x2 * cos, x1, sin, value=sign)), -1)
+    out = torch.empty_like(x, memory_format=torch.contiguous_format)
+    out1, out2 = out.chunk(2, dim=-1)
+    torch.mul(x1, cos, out=out1).addcmul_(x2, sin, value=-sign)
+    torch.mul(x2, cos, out=out2).addcmul_(x1, sin, value=sign)
+    return out
+
+
+def one_document_per_row(segment_ids: torch.Tensor) -> bool:
+    """Whether every row of segment_ids (B, T) holds a single document, so that the per-document
+    mask is the causal one. Reads one bool back from the device."""
+    return bool((segment_ids == segment_ids[:, :1]).all())
 
 
 class AttentionInputs(nn.Module):
@@ -233,9 +266,12 @@ class AttentionInputs(nn.Module):
     pipeline stage can rebuild it: `(attn_bias, rope)`.
 
     attn_bias is None (plain causal: SDPA's `is_causal`, which allows flash kernels;
-    without segment ids or under `attention_mask: causal`), a bool mask (B, 1, T, T)
-    that is True where attention is allowed (causal AND same document), or for ALiBi
-    a float bias (B or 1, n_heads, T, T) with -inf where attention is not allowed.
+    without segment ids, under `attention_mask: causal`, or when every row holds one
+    document, where the per-document mask is the causal one), an additive mask
+    (B, 1, T, T) in `dtype`, 0 where attention is allowed (causal AND same document)
+    and -inf elsewhere (built once per forward: SDPA would turn a bool mask into this
+    in every layer, forward and backward), or for ALiBi a float bias
+    (B or 1, n_heads, T, T) with -inf where attention is not allowed.
     rope is `(cos, sin)`, each (T, head_dim/2), or None.
     """
 
@@ -261,14 +297,17 @@ class AttentionInputs(nn.Module):
             rope = (self.cos[:seq_len].to(dtype), self.sin[:seq_len].to(dtype))
 
         allowed = None
-        if segment_ids is not None and self.per_document:
-            device = segment_ids.device
-            causal = torch.ones(seq_len, seq_len, dtype=torch.bool, device=device).tril()  # (T, T)
+        if segment_ids is not None and self.per_document and not one_document_per_row(segment_ids):
+            positions = torch.arange(seq_len, device=segment_ids.device)
+            causal = positions[None, :] <= positions[:, None]  # (T, T): key at or before query
             same_document = segment_ids[:, :, None] == segment_ids[:, None, :]  # (B, T, T)
             allowed = (causal & same_document)[:, None]  # (B, 1, T, T)
 
         if self.position != "alibi":
-            return allowed, rope
+            if allowed is None:
+                return None, rope
+            zero = torch.zeros((), dtype=dtype, device=allowed.device)
+            return torch.where(allowed, zero, float("-inf")), rope
 
         positions = torch.arange(seq_len, device=self.slopes.device)
         distance = positions[None, :] - positions[:, None]  # (T, T): key minus query, <= 0 in the past
@@ -311,8 +350,50 @@ class AttentionInputs(nn.Module):
 
 def make_norm(cfg: ModelConfig) -> nn.Module:
     if cfg.norm == "rmsnorm":
-        return nn.RMSNorm(cfg.d_model, eps=cfg.norm_eps)
+        return RMSNorm(cfg.d_model, eps=cfg.norm_eps)
     return nn.LayerNorm(cfg.d_model, eps=cfg.norm_eps, bias=False)
+
+
+class RMSNorm(nn.Module):
+    """x / sqrt(mean(x^2) + eps) * weight over the last dim, as `nn.RMSNorm` (same `weight`, same state dict).
+
+    Where torch has fused RMSNorm kernels (CUDA) they run. On a CPU torch runs it as a
+    chain of elementwise ops, forward and backward (LayerNorm has a fused kernel there);
+    `_RMSNormFunction` makes fewer passes over the activations, in its forward and in
+    its hand-written backward.
+    """
+
+    def __init__(self, dim: int, eps: float):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.device.type != "cpu":
+            return F.rms_norm(x, self.weight.shape, self.weight, self.eps)
+        return _RMSNormFunction.apply(x, self.weight, self.eps)
+
+
+class _RMSNormFunction(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+        # Reduced-precision activations are normalised in float32, as torch's own rms_norm does.
+        wide = x.to(torch.promote_types(x.dtype, torch.float32))
+        rstd = torch.linalg.vecdot(wide, wide).unsqueeze(-1).div_(x.shape[-1]).add_(eps).rsqrt_()  # (..., 1)
+        normed = wide * rstd  # (..., dim)
+        ctx.save_for_backward(normed, weight, rstd)
+        return (normed * weight).to(x.dtype)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        normed, weight, rstd = ctx.saved_tensors
+        dim = normed.shape[-1]
+        grad_weight = torch.linalg.vecdot(grad.reshape(-1, dim).to(normed.dtype), normed.reshape(-1, dim), dim=0)  # (dim,)
+        grad_normed = (grad * weight).to(normed.dtype)
+        # d normed / d x = rstd * (I - normed normed^T / dim), applied to grad_normed
+        along = torch.linalg.vecdot(grad_normed, normed).unsqueeze(-1).div_(-dim)  # (..., 1)
+        grad_x = torch.addcmul(grad_normed, normed, along).mul_(rstd)
+        return grad_x.to(grad.dtype), grad_weight.to(weight.dtype), None
 
 
 class Embedding(nn.Module):
@@ -356,10 +437,11 @@ class CausalSelfAttention(nn.Module):
         written at `start` and the queries attend to all of the cache up to them."""
         B, T, C = x.shape
         hd = self.head_dim
-        q, k, v = self.qkv(x).split((self.n_heads * hd, self.kv_heads * hd, self.kv_heads * hd), dim=-1)
-        q, k, v = q.view(B, T, self.n_heads, hd), k.view(B, T, self.kv_heads, hd), v.view(B, T, self.kv_heads, hd)
+        qkv = self.qkv(x).view(B, T, self.n_heads + 2 * self.kv_heads, hd)  # query heads, then key, then value heads
+        qk, v = qkv.split((self.n_heads + self.kv_heads, self.kv_heads), dim=2)
         if rope is not None:
-            q, k = apply_rope(q, *rope), apply_rope(k, *rope)
+            qk = apply_rope(qk, *rope)  # queries and keys in one pass
+        q, k = qk.split((self.n_heads, self.kv_heads), dim=2)  # (B, T, H or H_kv, head_dim)
         q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # (B, H or H_kv, T, head_dim)
         if cache_slot is not None:
             keys, values, start = cache_slot  # (B, H_kv, capacity, head_dim) each
