@@ -6,6 +6,11 @@ same machine, so that a slow or busy machine moves both sides:
   pretrain_vs_bare_ratio  steady-state tokens/s of the real path (Ray Train + DeepSpeed ZeRO 1, one
                           worker, warm-up steps excluded) / a bare single-process PyTorch loop with the
                           same model, batch, data, threads and optimizer (torch AdamW, same param groups, fp32)
+  pretrain_vs_gpt2_bare   steady-state tokens/s of the real path / the bare loop of the same shape, tokens and
+                          threads in GPT-2's layout, as nanoGPT's train.py trains (GELU MLP, LayerNorm, learned
+                          positions, attention across documents with SDPA's is_causal; no biases, fp32, eager,
+                          torch AdamW): what the default path gives up for per-document attention, RoPE,
+                          SwiGLU and RMSNorm, and for Ray Train and DeepSpeed
   loader_vs_consumption   micro-batches/s `PackedDataset.get` delivers / micro-batches/s training consumes
   loader_vs_memcpy        bytes/s `PackedDataset.get` delivers in passes over 2,048 consecutive shuffled
                           micro-batches (67 MB of int32 per pass with the default recipe) / bytes/s of a
@@ -62,6 +67,9 @@ from workloads.metrics_log import METRICS_FILE, read_metrics
 BENCH_CPUS = 2  # the machine this bench is calibrated for: one worker of 2 CPUs, 2 torch threads
 THROUGHPUT_RECIPE = "default"
 WARMUP_STEPS = 3  # steps left out of steady-state throughput (allocator, caches, first-call costs)
+# GPT-2's layout (nanoGPT with bias=False) as overrides of the throughput recipe: the reference loop of
+# pretrain_vs_gpt2_bare is `bare_loop` on this config.
+GPT2_LAYOUT = ("--model.mlp=gelu", "--model.norm=layernorm", "--model.position=learned", "--model.attention_mask=causal")
 # Micro-batches per loader pass: 2,048 x 16 samples x 257 tokens x 2 columns x 4 bytes = 67 MB for the
 # default recipe, twice the last-level cache of the machine this bench is calibrated for.
 LOADER_MICRO_BATCHES = 2048
@@ -76,6 +84,7 @@ SWEEP_OVERRIDES = ("--sweep.budgets=[1.0e+12, 2.0e+12]", "--sweep.sizes_per_budg
 # key: (comparison the measured value must pass, goal)
 GOALS = {
     "pretrain_vs_bare_ratio": (">=", 0.95),
+    "pretrain_vs_gpt2_bare": (">=", 0.95),
     "loader_vs_consumption": (">=", 50.0),
     "loader_vs_memcpy": (">=", 0.5),
     "prepare_vs_single_core": (">=", 0.8),
@@ -352,23 +361,26 @@ def bare_loop_in_ray_worker(cfg: PretrainConfig, dataset_dir: Path, steps: int, 
 
 
 def measure_throughput(dataset_dir: Path, workdir: Path, steps: int) -> dict[str, Any]:
-    """Bare loop, real path, bare loop in a Ray worker, bare loop again.
+    """Bare loops of our model and of GPT-2's layout, the real path, the bare loop in a Ray worker, both bare loops again.
 
-    The ratio divides by the mean of the two bare loops run here, one before and
-    one after the real path, so that a machine getting busier or quieter during
-    the measurement shows as a gap between them.
+    Each ratio divides by the mean of its bare loop's two runs here, one before and one
+    after the real path, so that a machine getting busier or quieter during the
+    measurement shows as a gap between them.
     """
     total = steps + WARMUP_STEPS
-    cfg = parse_cli(throughput_args(dataset_dir, workdir, "bench-throughput", total))
+    args = throughput_args(dataset_dir, workdir, "bench-throughput", total)
+    cfg = parse_cli(args)
+    gpt2 = parse_cli([*args, *GPT2_LAYOUT])
     tokens_step = cfg.train.resolved_global_batch(1) * cfg.data.seq_len
 
-    def bare(where: str, loop) -> float:
+    def bare(where: str, loop, config: PretrainConfig = cfg) -> float:
         say(f"throughput: bare PyTorch loop {where}, {total} steps")
-        rate = steady_tokens_per_s(loop(cfg, dataset_dir, total, BENCH_CPUS), tokens_step)
+        rate = steady_tokens_per_s(loop(config, dataset_dir, total, BENCH_CPUS), tokens_step)
         say(f"throughput: bare loop {where}: {rate:,.0f} tok/s")
         return rate
 
     bare_before = bare("in this process", bare_loop)
+    gpt2_before = bare("in GPT-2's layout", bare_loop, gpt2)
     say(f"throughput: real path, {total} steps (Ray Train + DeepSpeed ZeRO {cfg.deepspeed.zero_stage}, 1 worker)")
     started = time.perf_counter()
     pretrain(cfg)
@@ -377,9 +389,12 @@ def measure_throughput(dataset_dir: Path, workdir: Path, steps: int) -> dict[str
     say(f"throughput: real path: {full:,.0f} tok/s")
     bare_ray = bare("in a Ray worker process", bare_loop_in_ray_worker)
     bare_after = bare("in this process, again", bare_loop)
+    gpt2_after = bare("in GPT-2's layout, again", bare_loop, gpt2)
     bare_mean = (bare_before + bare_after) / 2
+    gpt2_mean = (gpt2_before + gpt2_after) / 2
     return {
         "pretrain_vs_bare_ratio": full / bare_mean,
+        "pretrain_vs_gpt2_bare": full / gpt2_mean,
         "bare_micro_batches_per_s": bare_mean / (cfg.train.micro_batch_size * cfg.data.seq_len),
         "details": {
             "model": f"{cfg.model.n_layers} x {cfg.model.d_model}, vocab {cfg.model.vocab_size}",
@@ -394,6 +409,9 @@ def measure_throughput(dataset_dir: Path, workdir: Path, steps: int) -> dict[str
             "bare_spread": abs(bare_before - bare_after) / bare_mean,
             "bare_in_ray_worker_tokens_per_s": bare_ray,
             "pretrain_vs_bare_in_ray_worker": full / bare_ray,
+            "gpt2_bare_tokens_per_s": [gpt2_before, gpt2_after],
+            "gpt2_layout": " ".join(GPT2_LAYOUT),
+            "bare_vs_gpt2_bare": bare_mean / gpt2_mean,
             "pretrain_wall_s": pretrain_wall,
         },
     }
@@ -813,10 +831,12 @@ def run(args: argparse.Namespace, quality_overrides: list[str]) -> dict[str, Any
         if "throughput" in sections:
             measured = measure_throughput(dataset_dir, workdir, args.steps)
             report["pretrain_vs_bare_ratio"] = measured["pretrain_vs_bare_ratio"]
+            report["pretrain_vs_gpt2_bare"] = measured["pretrain_vs_gpt2_bare"]
             details["throughput"] = {**measured["details"], "bare_micro_batches_per_s": measured["bare_micro_batches_per_s"]}
             if "loader" in details:
                 report["loader_vs_consumption"] = details["loader"]["micro_batches_per_s"] / measured["bare_micro_batches_per_s"]
-            say(f"throughput: ratio {report['pretrain_vs_bare_ratio']:.3f}")
+            say(f"throughput: ratio {report['pretrain_vs_bare_ratio']:.3f} to the bare loop, "
+                f"{report['pretrain_vs_gpt2_bare']:.3f} to GPT-2's layout")
         if "quality" in sections:
             say(f"quality: {args.quality}, first 90% of its bytes to train on, the rest to validate, "
                 f"{args.flops:.3g} training FLOPs")

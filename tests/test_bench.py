@@ -85,6 +85,21 @@ def test_bare_loop_trains_and_times_every_step(dataset_dir):
     assert tokens_per_s == pytest.approx(3 * 8 * SEQ_LEN / (stamps[4] - stamps[1]))
 
 
+def test_gpt2_reference_is_the_throughput_recipe_in_gpt2s_layout(dataset_dir):
+    from workloads.model import matmul_parameters
+
+    ours = parse_cli(["--config", bench.THROUGHPUT_RECIPE])
+    gpt2 = parse_cli(["--config", bench.THROUGHPUT_RECIPE, *bench.GPT2_LAYOUT])
+    layout = ("mlp", "norm", "position", "attention_mask")
+    assert [getattr(gpt2.model, name) for name in layout] == ["gelu", "layernorm", "learned", "causal"]
+    shape = ("vocab_size", "d_model", "n_layers", "n_heads", "max_seq_len", "tie_embeddings", "dropout")
+    assert [getattr(gpt2.model, name) for name in shape] == [getattr(ours.model, name) for name in shape]
+    assert (gpt2.train, gpt2.data) == (ours.train, ours.data)
+    assert matmul_parameters(gpt2.model) == matmul_parameters(ours.model)  # GELU's 4 x d_model = SwiGLU's 3 matrices
+    stamps = bench.bare_loop(parse_cli(["--config", "tiny", *bench.GPT2_LAYOUT]), dataset_dir, steps=2, threads=1)
+    assert len(stamps) == 3
+
+
 def test_step_times_come_from_the_workers_metrics(tmp_path):
     path = tmp_path / "metrics.jsonl"
     records = [{"step": 1, "time": 10.0, "train/loss": 5.0}, {"step": 2, "time": 10.5, "train/loss": 4.0},
