@@ -15,7 +15,10 @@ same machine, so that a slow or busy machine moves both sides:
   loader_vs_memcpy        bytes/s `PackedDataset.get` delivers in passes over 2,048 consecutive shuffled
                           micro-batches (67 MB of int32 per pass with the default recipe) / bytes/s of a
                           numpy copy of one buffer of a pass's size into another, once per repetition
-  prepare_vs_single_core  prepare's tokenization tokens/s / (cores x single-core sentencepiece encode)
+  prepare_driver_rss_growth  peak RSS of the `python -m orchestrator.prepare` process on a 10x larger corpus
+                          (about 120 MB) / on the embedded corpus (orchestrator.bench_prepare)
+  prepare_vs_single_core  prepare's tokens/s on that 120 MB corpus after its first 10% / (cores x one process's
+                          sentencepiece encode of the same text)
   first_step_s            launch of `python -m orchestrator.pretrain` (dataset prepared) to its first step line,
                           cold: a fresh process and a fresh local Ray, DeepSpeed's CPU ops already built (the
                           lower of 2 runs); the first run, which builds the ops, is reported as first_step_build_s
@@ -58,6 +61,7 @@ import numpy as np
 
 # orchestrator.pretrain sets Ray Train's environment defaults (orchestrator.ray_runtime):
 # it must be imported before this process starts Ray, whose workers inherit the environment.
+from orchestrator.bench_prepare import SCALE, measure_prepare
 from orchestrator.bench_quality import NANOGPT_BPB, NANOGPT_FLOPS, run_quality
 from orchestrator.pretrain import parse_cli, pretrain
 from orchestrator.pretrain_config import PretrainConfig
@@ -88,6 +92,7 @@ GOALS = {
     "loader_vs_consumption": (">=", 50.0),
     "loader_vs_memcpy": (">=", 0.5),
     "prepare_vs_single_core": (">=", 0.8),
+    "prepare_driver_rss_growth": ("<=", 1.2),
     "first_step_s": ("<=", 15.0),
     "generate_cache_speedup": (">=", 5.0),
     "generate_vs_transformers": (">=", 1.0),
@@ -150,7 +155,7 @@ def tracking_uri(workdir: Path) -> str:
 
 
 # ---------------------------------------------------------------------------
-# prepare: the dataset, and tokenization throughput
+# the default recipe's dataset (the prepare section itself is orchestrator.bench_prepare)
 # ---------------------------------------------------------------------------
 
 def bench_dataset(workdir: Path) -> Path:
@@ -159,62 +164,6 @@ def bench_dataset(workdir: Path) -> Path:
 
     cfg = parse_cli(["--config", THROUGHPUT_RECIPE])
     return prepare_dataset(cfg.data, cfg.tokenizer, workdir / "datasets")
-
-
-def measure_tokenization(dataset_dir: Path) -> dict[str, Any]:
-    """prepare's parallel tokenization vs one in-process sentencepiece encode of the same documents.
-
-    prepare reports len(tokens) / the seconds of its one `tokenize_documents`
-    call (Ray Data tasks, one per CPU), the first Ray Data job of its process.
-    The same call is timed here on the dataset's own documents and tokenizer,
-    first in a Ray that has run no Ray Data job yet (what prepare reports), then
-    once more (the same work with Ray Data already started).
-    """
-    import ray
-
-    from orchestrator.prepare import tokenize_documents
-    from workloads.data.config import DataConfig
-    from workloads.data.corpus import find_sources, read_corpus
-    from workloads.data.loader import load_manifest
-    from workloads.tokenizer import Tokenizer
-
-    manifest = load_manifest(dataset_dir)
-    data = DataConfig(**manifest["config"]["data"])
-    documents = read_corpus(find_sources(data.corpus), data.text_field, data.max_doc_chars).documents
-    if data.val_corpus:
-        documents += read_corpus(find_sources(data.val_corpus), data.text_field, data.max_doc_chars).documents
-    model_bytes = (dataset_dir / manifest["tokenizer"]["file"]).read_bytes()
-    cores = int(ray.cluster_resources().get("CPU", 1))
-
-    parallel_s = []
-    for _ in ("first", "again"):
-        started = time.perf_counter()
-        flat_tokens, _ = tokenize_documents(documents, model_bytes)
-        parallel_s.append(time.perf_counter() - started)
-
-    tokenizer = Tokenizer(model_bytes)  # one thread
-    started = time.perf_counter()
-    encoded = tokenizer.encode_batch_arrays(documents)
-    single_s = time.perf_counter() - started
-    tokens = sum(len(ids) for ids in encoded)
-    if tokens != len(flat_tokens):
-        raise RuntimeError(f"single-core encode gave {tokens} tokens, prepare's {len(flat_tokens)}")
-    first_rate, again_rate, single_rate = tokens / parallel_s[0], tokens / parallel_s[1], tokens / single_s
-    return {
-        "prepare_vs_single_core": first_rate / (cores * single_rate),
-        "details": {
-            "documents": len(documents),
-            "tokens": tokens,
-            "cores": cores,
-            "prepare_tokens_per_s": first_rate,
-            "prepare_s": parallel_s[0],
-            "prepare_again_tokens_per_s": again_rate,
-            "prepare_again_s": parallel_s[1],
-            "prepare_again_vs_single_core": again_rate / (cores * single_rate),
-            "single_core_tokens_per_s": single_rate,
-            "single_core_s": single_s,
-        },
-    }
 
 
 # ---------------------------------------------------------------------------
@@ -801,22 +750,23 @@ def run(args: argparse.Namespace, quality_overrides: list[str]) -> dict[str, Any
     details: dict[str, Any] = {}
     say(f"working in {workdir}; load average {report['load_average_at_start']}")
     try:
-        needs_dataset = sections & {"prepare", "loader", "throughput", "first_step"}
+        needs_dataset = sections & {"loader", "throughput", "first_step"}
         if needs_dataset or "quality" in sections:
             start_ray()
         if needs_dataset:
             say("prepare: the default recipe's corpus (tokenizer training and packing run only once per workdir)")
             dataset_dir = bench_dataset(workdir)
         if "prepare" in sections:
-            say("prepare: tokenization throughput, prepare's Ray Data tasks vs one core")
-            stop_ray()  # prepare's number is its process's first Ray Data job: measure that in a fresh Ray
+            say(f"prepare: python -m orchestrator.prepare on the embedded corpus and on {SCALE} copies of it")
+            stop_ray()  # each prepare starts its own local Ray: leave it the machine
+            measured = measure_prepare(workdir, os.cpu_count() or 1, say)
             start_ray()
-            measured = measure_tokenization(dataset_dir)
+            report["prepare_driver_rss_growth"] = measured["prepare_driver_rss_growth"]
             report["prepare_vs_single_core"] = measured["prepare_vs_single_core"]
-            details["prepare"] = measured["details"]
-            shown = measured["details"]
-            say(f"prepare: {shown['prepare_tokens_per_s']:,.0f} tok/s on {shown['cores']} cores "
-                f"({shown['prepare_again_tokens_per_s']:,.0f} tok/s the second time) vs "
+            details["prepare"] = shown = measured["details"]
+            say(f"prepare: peak RSS {shown['peak_rss_mib'][0]:.0f} -> {shown['peak_rss_mib'][1]:.0f} MiB "
+                f"(ratio {report['prepare_driver_rss_growth']:.3f}); "
+                f"{shown['tokenize_tokens_per_s_after_first_tenth']:,.0f} tok/s on {shown['cores']} cores vs "
                 f"{shown['single_core_tokens_per_s']:,.0f} tok/s on one: ratio {report['prepare_vs_single_core']:.3f}")
         if "loader" in sections:
             say(f"loader: PackedDataset.get of {LOADER_MICRO_BATCHES} shuffled micro-batches vs a numpy copy of as many bytes")

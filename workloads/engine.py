@@ -109,7 +109,7 @@ def import_deepspeed():
     if "deepspeed" not in sys.modules and "mlflow" not in sys.modules:
         sys.modules["mlflow"] = None  # makes `import mlflow` raise ImportError
         try:
-            import deepspeed  # noqa: F401
+            importlib.import_module("deepspeed")
         finally:
             if sys.modules.get("mlflow", "") is None:
                 del sys.modules["mlflow"]
@@ -126,9 +126,7 @@ def import_deepspeed():
                 del os.environ["TORCHDYNAMO_DISABLE"]
             else:
                 os.environ["TORCHDYNAMO_DISABLE"] = previous
-    import deepspeed
-
-    return deepspeed
+    return importlib.import_module("deepspeed")
 
 
 def build_engine(
