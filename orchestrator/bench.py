@@ -314,7 +314,8 @@ def measure_throughput(dataset_dir: Path, workdir: Path, steps: int) -> dict[str
 
     Each ratio divides by the mean of its bare loop's two runs here, one before and one
     after the real path, so that a machine getting busier or quieter during the
-    measurement shows as a gap between them.
+    measurement shows as a gap between them; the second runs go in the opposite order,
+    so that a steady drift moves both means alike.
     """
     total = steps + WARMUP_STEPS
     args = throughput_args(dataset_dir, workdir, "bench-throughput", total)
@@ -337,8 +338,8 @@ def measure_throughput(dataset_dir: Path, workdir: Path, steps: int) -> dict[str
     full = steady_tokens_per_s(step_times_from_metrics(cfg.run.run_dir() / METRICS_FILE), tokens_step)
     say(f"throughput: real path: {full:,.0f} tok/s")
     bare_ray = bare("in a Ray worker process", bare_loop_in_ray_worker)
-    bare_after = bare("in this process, again", bare_loop)
     gpt2_after = bare("in GPT-2's layout, again", bare_loop, gpt2)
+    bare_after = bare("in this process, again", bare_loop)
     bare_mean = (bare_before + bare_after) / 2
     gpt2_mean = (gpt2_before + gpt2_after) / 2
     return {
