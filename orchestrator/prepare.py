@@ -264,10 +264,11 @@ def _tokenizer_model(
         print(f"prepare: using tokenizer {config.model_path}", flush=True)
         return given_model
     started = time.perf_counter()
-    # An equal share of the budget per group, each from the group's first train documents:
-    # the same sample whatever the parallelism, spread over the whole corpus.
-    budget = -(-config.train_max_chars // len(train_groups))
-    sample = _map_groups(train_groups, sample_group_row, budget=budget, settings=settings)
+    # An equal share of the budget per group, drawn from each group's train documents:
+    # the same sample whatever the parallelism, spread over the whole corpus (a corpus of
+    # one group gets the sample `train_tokenizer` would draw from all its documents).
+    budget = max(1, config.train_max_chars // len(train_groups))
+    sample = _map_groups(train_groups, sample_group_row, budget=budget, seed=seed, settings=settings)
     # The sample stays in the object store: the task that trains reads it, the driver never does.
     try:
         model_bytes, chars, documents = ray.get(_train_tokenizer_task.remote(sample.to_arrow_refs(), config, seed))

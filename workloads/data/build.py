@@ -22,7 +22,7 @@ from workloads.data.groups import Group
 from workloads.data.packing import pack
 from workloads.data.shards import SPLITS, write_shards
 from workloads.errors import UserInputError
-from workloads.tokenizer import Tokenizer
+from workloads.tokenizer import Tokenizer, training_sample
 
 GROUPS_DIR = ".groups"
 
@@ -57,21 +57,16 @@ def is_val_documents(group: Group, documents: list[str], settings: dict[str, Any
     return split_train_val(documents, settings["val_fraction"], settings["split_seed"], ensure_both=ensure_both)
 
 
-def sample_group_row(row: dict[str, Any], budget: int, settings: dict[str, Any]) -> dict[str, Any]:
-    """Ray Data map function: the first train documents of a group, at most `budget` characters."""
+def sample_group_row(row: dict[str, Any], budget: int, seed: int, settings: dict[str, Any]) -> dict[str, Any]:
+    """Ray Data map function: at most `budget` characters of a group's train documents, drawn at random
+    (seeded) from the whole group and kept in order (`training_sample`)."""
     group = Group.from_json(row["group"])
     try:
         documents, _, _ = group_documents(group, settings["text_field"], settings["max_doc_chars"])
     except UserInputError as e:
         return {"index": group.index, "texts": [], "documents": 0, "error": str(e)}
     is_val = is_val_documents(group, documents, settings)
-    texts = []
-    for text, val in zip(documents, is_val):
-        if budget <= 0:
-            break
-        if not val:
-            texts.append(text[:budget])
-            budget -= len(texts[-1])
+    texts = training_sample([doc for doc, val in zip(documents, is_val) if not val], budget, seed)
     return {"index": group.index, "texts": texts, "documents": len(documents), "error": ""}
 
 
