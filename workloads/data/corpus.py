@@ -153,7 +153,7 @@ def whole_file_piece(source: SourceFile, field: str = "data.corpus") -> Piece:
     except OSError as e:
         raise UserInputError(f"{field}: cannot read {source.path} ({e.strerror})") from e
     if source.format == "parquet":
-        return Piece(str(source.path), "parquet", 0, parquet_row_groups(source.path, field), size, size)
+        return Piece(str(source.path), "parquet", 0, parquet_metadata(source.path, field).num_row_groups, size, size)
     return Piece(str(source.path), source.format, 0, size, size, size)
 
 
@@ -177,10 +177,10 @@ def read_piece(piece: Piece, text_field: str, max_doc_chars: int, field: str = "
     return cut_document(text, max_doc_chars), bad
 
 
-def parquet_row_groups(path: Path | str, field: str = "data.corpus") -> int:
-    """Number of row groups (a metadata read), with a one-line error for an unreadable file."""
+def parquet_metadata(path: Path | str, field: str = "data.corpus") -> pq.FileMetaData:
+    """The file's footer (row groups and their sizes), with a one-line error for an unreadable file."""
     try:
-        return pq.ParquetFile(path).metadata.num_row_groups
+        return pq.ParquetFile(path).metadata
     except (OSError, pa.ArrowException) as e:
         raise UserInputError(f"{field}: {path}: not a readable parquet file ({str(e).splitlines()[0]})") from e
 

@@ -11,14 +11,10 @@ rewrites the very same shards.
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
-import pyarrow.parquet as pq
-
-from workloads.data.corpus import Piece, SourceFile, parquet_row_groups
-from workloads.errors import UserInputError
+from workloads.data.corpus import Piece, SourceFile, parquet_metadata
 
 MIN_GROUP_BYTES = 1 << 20
 MAX_GROUP_BYTES = 64 << 20
@@ -47,16 +43,6 @@ class Group:
 def auto_group_bytes(total_bytes: int) -> int:
     """About GROUPS_AIMED_AT groups, each between 1 and 64 MiB: a function of the corpus size only."""
     return min(MAX_GROUP_BYTES, max(MIN_GROUP_BYTES, total_bytes // GROUPS_AIMED_AT))
-
-
-def source_sizes(sources: Sequence[SourceFile], field: str) -> list[int]:
-    sizes = []
-    for source in sources:
-        try:
-            sizes.append(os.path.getsize(source.path))
-        except OSError as e:
-            raise UserInputError(f"{field}: cannot read {source.path} ({e.strerror})") from e
-    return sizes
 
 
 def plan_groups(
@@ -92,10 +78,10 @@ def _pieces(source: SourceFile, size: int, group_bytes: int, field: str) -> list
 
 def _parquet_pieces(path: str, size: int, group_bytes: int, field: str) -> list[Piece]:
     """Runs of whole row groups of about group_bytes (compressed, as on disk)."""
-    num_row_groups = parquet_row_groups(path, field)
+    metadata = parquet_metadata(path, field)
+    num_row_groups = metadata.num_row_groups
     if size <= group_bytes or num_row_groups <= 1:
         return [Piece(path, "parquet", 0, num_row_groups, size, size)]
-    metadata = pq.ParquetFile(path).metadata
     pieces = []
     start, run_bytes = 0, 0
     for index in range(num_row_groups):
