@@ -12,13 +12,11 @@ metadata reads instead of a re-hash of the whole corpus each time.
 """
 from __future__ import annotations
 
-import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 from orchestrator.pretrain_config import PretrainConfig
+from orchestrator.stat_records import read_record, stat_signature, write_record
 from workloads.data.loader import PackedDataset, load_manifest
 from workloads.data.shards import check_shard_sha256, file_sha256
 from workloads.errors import UserInputError
@@ -27,41 +25,17 @@ from workloads.tokenizer import Tokenizer
 VERIFIED_FILE = "verified.json"  # in the dataset directory: {shard file: its stat signature and checksum}
 
 
-def _signature(path: Path) -> list[int]:
-    st = path.stat()
-    return [st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns]
-
-
-def _read_verified(dataset_dir: Path) -> dict[str, Any]:
-    try:
-        record = json.loads((dataset_dir / VERIFIED_FILE).read_text())
-    except (OSError, ValueError):
-        return {}
-    return record if isinstance(record, dict) else {}
-
-
-def _write_verified(dataset_dir: Path, record: dict[str, Any]) -> None:
-    """Atomically (concurrent launches may write it at once); a read-only dataset simply keeps re-hashing."""
-    try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{VERIFIED_FILE}.", dir=dataset_dir)
-        with os.fdopen(fd, "w") as out:
-            json.dump(record, out)
-        os.replace(tmp, dataset_dir / VERIFIED_FILE)
-    except OSError:
-        pass
-
-
 def verify_shard_checksums(dataset_dir: Path, manifest: dict[str, Any], full: bool = False) -> int:
     """Every shard against its manifest sha256, re-hashing only shards changed since last verified
     (every shard when `full`); returns the number of shards re-hashed."""
-    record = {} if full else _read_verified(dataset_dir)
+    record = {} if full else read_record(dataset_dir / VERIFIED_FILE)
     hashed = 0
     changed = False
     for split in ("train", "val"):
         for shard in manifest["splits"][split]["shards"]:
             path = dataset_dir / shard["file"]
             try:
-                signature = _signature(path)
+                signature = stat_signature(path)
             except OSError as e:
                 raise UserInputError(f"{path}: unreadable shard ({e.strerror})") from e
             if record.get(shard["file"]) == {"signature": signature, "sha256": shard["sha256"]}:
@@ -71,7 +45,7 @@ def verify_shard_checksums(dataset_dir: Path, manifest: dict[str, Any], full: bo
             changed = True
             hashed += 1
     if changed:
-        _write_verified(dataset_dir, record)
+        write_record(dataset_dir / VERIFIED_FILE, record)
     return hashed
 
 

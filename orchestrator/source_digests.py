@@ -3,19 +3,16 @@
 Every launch of pretrain (and every trial of a sweep) asks prepare for its
 dataset, whose name hashes the sources' contents. Reading a large corpus
 in full for that each time would cost minutes, so each file's digest is kept
-in `<dataset root>/.source-digests.json` with the file's size, modification
-time, inode and change time; a file whose record still matches is not read
-again. Editing, truncating or replacing a file changes at least one of those.
+in `<dataset root>/.source-digests.json` with the file's stat signature
+(orchestrator.stat_records); a file whose record still matches is not read again.
 """
 from __future__ import annotations
 
-import json
-import os
-import tempfile
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from orchestrator.stat_records import read_record, stat_signature, write_record
 from workloads.data.corpus import SourceDigest, SourceFile, digest_source
 from workloads.errors import UserInputError
 
@@ -25,10 +22,9 @@ _HASH_THREADS = 8  # hashlib releases the GIL: several files are read and hashed
 
 def _signature(path: Path | str, field: str) -> list[int]:
     try:
-        st = os.stat(path)
+        return stat_signature(path)
     except OSError as e:
         raise UserInputError(f"{field}: cannot read {path} ({e.strerror})") from e
-    return [st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns]
 
 
 def digest_sources_cached(
@@ -36,7 +32,7 @@ def digest_sources_cached(
 ) -> list[SourceDigest]:
     """Each source's digest: from the cache where its stat signature is unchanged (unless refresh)."""
     cache_path = Path(cache_dir) / CACHE_FILE
-    cache = {} if refresh else _read(cache_path)
+    cache = {} if refresh else read_record(cache_path)
     signatures = [_signature(source.path, field) for source in sources]
     digests: list[SourceDigest | None] = []
     stale = []
@@ -53,25 +49,5 @@ def digest_sources_cached(
         for i, digest in zip(stale, pool.map(lambda i: digest_source(sources[i], field), stale)):
             digests[i] = digest
             cache[digest.path] = {"signature": signatures[i], "format": digest.format, "sha256": digest.sha256}
-    _write(cache_path, cache)
+    write_record(cache_path, cache)
     return digests  # type: ignore[return-value]
-
-
-def _read(path: Path) -> dict:
-    try:
-        cache = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return {}
-    return cache if isinstance(cache, dict) else {}
-
-
-def _write(path: Path, cache: dict) -> None:
-    """Atomically; a cache that cannot be written only means hashing again next time."""
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f"{CACHE_FILE}.", dir=path.parent)
-        with os.fdopen(fd, "w") as out:
-            json.dump(cache, out)
-        os.replace(tmp, path)
-    except OSError:
-        pass
