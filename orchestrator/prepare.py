@@ -38,7 +38,7 @@ from orchestrator import ray_runtime
 from orchestrator.source_digests import digest_sources_cached
 from workloads.data.build import GROUPS_DIR, build_group_row, read_finished_group, sample_group_row
 from workloads.data.config import EMBEDDED_CORPUS, DataConfig
-from workloads.data.corpus import SourceDigest, SourceFile, find_sources
+from workloads.data.corpus import SourceDigest, SourceFile, check_document_count, find_sources
 from workloads.data.groups import Group, auto_group_bytes, plan_groups
 from workloads.data.shards import FORMAT_VERSION, MANIFEST_FILE, SPLITS, TOKENIZER_FILE, write_manifest
 from workloads.errors import UserInputError
@@ -222,9 +222,9 @@ def _build(
     ordered = [records[g.index] for g in groups]
     splits = {split: _split_entry([r["splits"][split] for r in ordered]) for split in SPLITS}
     if not val_sources:
-        _check_documents(splits["train"]["num_documents"] + splits["val"]["num_documents"], train_sources)
-    elif splits["train"]["num_documents"] == 0:
-        _check_documents(0, train_sources)
+        check_document_count(splits["train"]["num_documents"] + splits["val"]["num_documents"], train_sources, need=2)
+    else:
+        check_document_count(splits["train"]["num_documents"], train_sources)
     for split in SPLITS:
         entry = splits[split]
         if entry["num_samples"] == 0:
@@ -277,7 +277,7 @@ def _tokenizer_model(
             raise UserInputError(str(e.cause)) from None
         raise
     if not model_bytes:
-        _check_documents(documents, sources)
+        check_document_count(documents, sources, need=2)
         raise UserInputError("data.corpus: no document fell in the train split; lower data.val_fraction")
     print(
         f"prepare: tokenizer trained on {chars / 1e6:.1f}M characters of {_plural(len(train_groups), 'group')} "
@@ -288,7 +288,8 @@ def _tokenizer_model(
 
 
 @ray.remote(num_cpus=1)
-def _train_tokenizer_task(sample_refs: list, config: TokenizerConfig, seed: int) -> tuple[bytes, int]:
+def _train_tokenizer_task(sample_refs: list, config: TokenizerConfig, seed: int) -> tuple[bytes, int, int]:
+    """(model bytes or b\"\" when the sample is empty, characters trained on, documents in the train groups)."""
     rows = []
     for table in ray.get(sample_refs):
         rows += table.to_pylist()
@@ -301,18 +302,6 @@ def _train_tokenizer_task(sample_refs: list, config: TokenizerConfig, seed: int)
     if not texts:
         return b"", 0, documents
     return train_tokenizer(texts, config, seed=seed), sum(map(len, texts)), documents
-
-
-def _check_documents(num_documents: int, sources: Sequence[SourceFile]) -> None:
-    """The one-line error for a corpus without text, or with a single document to split."""
-    if num_documents == 0:
-        where = f"{sources[0].path} holds" if len(sources) == 1 else f"all {len(sources)} files hold"
-        raise UserInputError(f"data.corpus: {where} no text")
-    if num_documents == 1:
-        raise UserInputError(
-            "data.corpus: holds 1 document; at least 2 are needed to hold out validation "
-            "(lower data.max_doc_chars or set data.val_corpus)"
-        )
 
 
 def _map_groups(groups: list[Group], fn, **fn_kwargs) -> ray.data.Dataset:

@@ -123,9 +123,7 @@ def read_corpus(
     """All documents of the sources, in order; text files are cut to about max_doc_chars."""
     pieces = [whole_file_piece(source, field) for source in sources]
     documents, invalid, empty = read_pieces(pieces, text_field, max_doc_chars, field)
-    if not documents:
-        where = f"{sources[0].path} holds" if len(sources) == 1 else f"all {len(sources)} files hold"
-        raise UserInputError(f"{field}: {where} no text")
+    check_document_count(len(documents), sources, field)
     num_bytes = sum(len(text.encode("utf-8")) for text in documents)
     return Corpus(documents, num_bytes, invalid, empty)
 
@@ -145,6 +143,20 @@ def read_pieces(
             else:
                 empty += 1
     return documents, invalid, empty
+
+
+def check_document_count(
+    num_documents: int, sources: Sequence[SourceFile] = (), field: str = "data.corpus", need: int = 1
+) -> None:
+    """One line for a corpus without text, or with too few documents to hold out validation (need=2)."""
+    if num_documents == 0 and sources:
+        where = f"{sources[0].path} holds" if len(sources) == 1 else f"all {len(sources)} files hold"
+        raise UserInputError(f"{field}: {where} no text")
+    if num_documents < need:
+        raise UserInputError(
+            f"{field}: holds {num_documents} document; at least 2 are needed to hold out validation "
+            "(lower data.max_doc_chars or set data.val_corpus)"
+        )
 
 
 def whole_file_piece(source: SourceFile, field: str = "data.corpus") -> Piece:
@@ -262,11 +274,7 @@ def split_train_val(documents: Sequence[str], val_fraction: float, seed: int, en
     """
     if not ensure_both:
         return _val_scores(documents, seed) < np.uint64(val_fraction * 2.0**64)
-    if len(documents) < 2:
-        raise UserInputError(
-            f"data.corpus: holds {len(documents)} document; at least 2 are needed to hold out validation "
-            "(lower data.max_doc_chars or set data.val_corpus)"
-        )
+    check_document_count(len(documents), need=2)
     scores = _val_scores(documents, seed)
     is_val = scores < np.uint64(val_fraction * 2.0**64)
     if not is_val.any():
