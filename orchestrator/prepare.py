@@ -289,7 +289,7 @@ def _tokenizer_model(
 
 @ray.remote(num_cpus=1)
 def _train_tokenizer_task(sample_refs: list, config: TokenizerConfig, seed: int) -> tuple[bytes, int, int]:
-    """(model bytes or b\"\" when the sample is empty, characters trained on, documents in the train groups)."""
+    """(model bytes or an empty bytes when the sample is empty, characters trained on, documents in the train groups)."""
     rows = []
     for table in ray.get(sample_refs):
         rows += table.to_pylist()
