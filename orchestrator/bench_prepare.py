@@ -92,10 +92,12 @@ def rate_after_first_tenth(progress: list[dict[str, Any]]) -> float:
 
 def single_core_rate(corpus: Path, dataset_dir: Path) -> float:
     """Tokens/s of one process encoding the 1x corpus's documents with the dataset's tokenizer, one thread."""
+    from workloads.data.config import DataConfig
     from workloads.data.corpus import find_sources, read_corpus
     from workloads.tokenizer import Tokenizer
 
-    documents = read_corpus(find_sources(str(corpus)), "text", 20000).documents
+    data = DataConfig()  # the default recipe's reading of text files, as the prepare measured used
+    documents = read_corpus(find_sources(str(corpus)), data.text_field, data.max_doc_chars).documents
     tokenizer = Tokenizer((dataset_dir / "tokenizer.model").read_bytes())
     started = time.perf_counter()
     tokens = sum(len(ids) for ids in tokenizer.encode_batch_arrays(documents))
