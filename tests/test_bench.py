@@ -88,7 +88,7 @@ def test_bare_loop_trains_and_times_every_step(dataset_dir):
 def test_gpt2_reference_is_the_throughput_recipe_in_gpt2s_layout_uncompiled(dataset_dir):
     from workloads.model import matmul_parameters
 
-    args = bench.throughput_args(dataset_dir, dataset_dir.parent, "bench", steps=5)
+    args = [*bench.throughput_args(dataset_dir, dataset_dir.parent, "bench", steps=5), *bench.COMPILED]
     ours, gpt2 = parse_cli(args), parse_cli([*args, *bench.GPT2_LAYOUT])
     # The real path and its own bare loop compile the blocks; nanoGPT's reference runs eager.
     assert (ours.parallel.compile_blocks, gpt2.parallel.compile_blocks) == (True, False)
