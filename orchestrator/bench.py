@@ -74,7 +74,7 @@ BENCH_CPUS = 2  # the machine this bench is calibrated for: one worker of 2 CPUs
 THROUGHPUT_RECIPE = "default"
 WARMUP_STEPS = 3  # steps left out of steady-state throughput (allocator, caches, first-call costs)
 # The throughput section's real path and its own bare loop compile the blocks: on CPU that fuses the
-# elementwise work of RMSNorm, RoPE and SwiGLU (+22% tokens/s measured on a 2-core machine). The first
+# elementwise work of RMSNorm, RoPE and SwiGLU (about +20% tokens/s on a 2-core machine, README). The first
 # step compiles and is among the excluded warm-up steps. first_step_s launches the recipe as it is.
 COMPILED = ("--parallel.compile_blocks=true",)
 # GPT-2's layout (nanoGPT with bias=False) as overrides of the throughput recipe: the reference loop of
