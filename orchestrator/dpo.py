@@ -1,5 +1,18 @@
-"""`python -m orchestrator.dpo`: direct preference optimisation from the SFT model (see orchestrator/alignment.py)."""
-from orchestrator.alignment import entry_point
+"""`python -m orchestrator.dpo`: direct preference optimisation of a policy against a frozen reference.
+
+The driver is `orchestrator.stages.finetuning`; the training is `workloads.stages.dpo`.
+"""
+from __future__ import annotations
+
+import sys
+
+from orchestrator.config.parser import run_cli
+from orchestrator.stages.finetuning import parse_stage_cli, run_stage
+
+
+def main(argv: list[str] | None = None) -> None:
+    run_stage("dpo", parse_stage_cli("dpo", argv))
+
 
 if __name__ == "__main__":
-    entry_point("dpo")
+    run_cli(main, sys.argv[1:])

@@ -15,9 +15,9 @@ from pathlib import Path
 
 import torch
 
-from orchestrator.config import run_cli
-from orchestrator.stage_data import read_jsonl, text_field
-from workloads.checkpoint_loading import load_checkpoint
+from orchestrator.config.parser import run_cli
+from orchestrator.model_tools.generation import fit_prompts, read_prompts
+from workloads.checkpoints.loading import load_checkpoint
 from workloads.errors import UserInputError
 from workloads.generation import Sampling, context_room, generate
 
@@ -41,41 +41,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def read_prompts(args: argparse.Namespace) -> list[str]:
-    if args.prompt is not None:
-        return [args.prompt]
-    path = args.prompts
-    if path.suffix == ".jsonl":
-        prompts = [text_field(record, "prompt", where) for where, record in read_jsonl(path)]
-    else:
-        try:
-            prompts = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-        except (OSError, UnicodeDecodeError) as e:
-            raise UserInputError(f"{path}: cannot read prompts ({e})") from e
-    if not prompts:
-        raise UserInputError(f"{path}: holds no prompts")
-    return prompts
-
-
-def fit_prompts(prompts: list[list[int]], context: int, max_new_tokens: int, truncate: bool) -> list[list[int]]:
-    """Prompts that leave room for at least one new token; cut (with a note) only when asked to."""
-    fitted = []
-    for number, ids in enumerate(prompts, start=1):
-        if len(ids) < context:
-            fitted.append(ids)
-            continue
-        if not truncate:
-            raise UserInputError(
-                f"prompt {number}: {len(ids)} tokens leave no room in the model's context of {context} tokens "
-                "(--truncate-prompts keeps its last tokens)"
-            )
-        keep = context - min(max_new_tokens, context // 2)
-        print(f"generate: prompt {number} cut to its last {keep} of {len(ids)} tokens to fit the context of {context}",
-              file=sys.stderr)
-        fitted.append(ids[-keep:])
-    return fitted
-
-
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     if args.max_new_tokens < 1:
@@ -85,7 +50,7 @@ def main(argv: list[str] | None = None) -> None:
         sampling.validate()
     except ValueError as e:
         raise UserInputError(f"--{str(e).split()[0].replace('_', '-')}: {e}") from None
-    texts = read_prompts(args)
+    texts = read_prompts(args.prompt, args.prompts)
     loaded = load_checkpoint(args.checkpoint, args.device)
     tokenizer, context = loaded.tokenizer, loaded.config.max_seq_len
     # A prompt opens a new document: in training every document follows an end-of-document token.

@@ -1,5 +1,18 @@
-"""`python -m orchestrator.ppo`: PPO from an SFT checkpoint with a reward model or function (see orchestrator/rl.py)."""
-from orchestrator.rl import entry_point
+"""`python -m orchestrator.ppo`: PPO from an SFT checkpoint with a reward model or function.
+
+The driver is `orchestrator.stages.rl`; the learner is `workloads.rl.learner`.
+"""
+from __future__ import annotations
+
+import sys
+
+from orchestrator.config.parser import run_cli
+from orchestrator.stages.rl import parse_rl_cli, run_rl
+
+
+def main(argv: list[str] | None = None) -> None:
+    run_rl(parse_rl_cli("ppo", argv))
+
 
 if __name__ == "__main__":
-    entry_point("ppo")
+    run_cli(main, sys.argv[1:])

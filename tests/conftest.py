@@ -7,9 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from pretrain_helpers import ensure_local_ray, train_stage
+from tests.helpers import REPO, ensure_local_ray, train_stage
 
-REPO = Path(__file__).resolve().parent.parent
 # DeepSpeed JIT-compiles a small CPU comm op once (20-30 s); keep it across test runs.
 os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(REPO / ".cache" / "torch_extensions"))
 os.environ.setdefault("DS_ACCELERATOR", "cpu")
@@ -45,8 +44,8 @@ def small_corpus(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_dataset(small_corpus, tmp_path_factory) -> Path:
     """The small corpus prepared once with the tiny recipe's data and tokenizer sections."""
-    from orchestrator.prepare import prepare_dataset
-    from orchestrator.pretrain import parse_cli
+    from orchestrator.data.pretraining import prepare_dataset
+    from orchestrator.stages.pretrain import parse_cli
 
     ensure_local_ray()
     cfg = parse_cli(["--config", "tiny", f"--data.corpus={small_corpus}"])
@@ -57,7 +56,7 @@ def tiny_dataset(small_corpus, tmp_path_factory) -> Path:
 def tiny_run(tiny_dataset, tmp_path_factory) -> dict:
     """One real tiny pretrain run (20 steps, MLflow in its own sqlite store), shared by every
     test that starts from a trained checkpoint: {"run_dir", "checkpoint", "final", "tracking_uri"}."""
-    from pretrain_helpers import run_tiny
+    from tests.helpers import run_tiny
 
     ensure_local_ray()
     root = tmp_path_factory.mktemp("tiny-run")
@@ -91,3 +90,17 @@ def tiny_sft(alignment_home) -> dict:
 def tiny_reward_model(alignment_home, tiny_sft) -> dict:
     """The reward-model recipe trained once from the shared SFT checkpoint (run reward-tiny)."""
     return train_stage("reward", alignment_home, tiny_sft["checkpoint"])
+
+
+@pytest.fixture(scope="session")
+def mixed_corpus_dataset(tmp_path_factory):
+    """A mixed corpus (tests.corpora) prepared once: (dataset directory, its documents, data and tokenizer sections)."""
+    from orchestrator.data.pretraining import prepare_dataset
+    from tests.corpora import small_configs, write_corpus
+
+    ensure_local_ray()
+    root = tmp_path_factory.mktemp("corpus")
+    documents = write_corpus(root / "corpus")
+    data, tok = small_configs(root / "corpus")
+    dataset_dir = prepare_dataset(data, tok, root / "datasets")
+    return dataset_dir, documents, data, tok

@@ -18,7 +18,7 @@ import ray.train
 import torch
 import torch.distributed as dist
 
-from workloads.checkpointing import (
+from workloads.checkpoints.saving import (
     EVAL_STEP_KEY,
     TrainingState,
     latest_state,

@@ -523,6 +523,32 @@ def token_logprobs(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
 # The model
 # ---------------------------------------------------------------------------
 
+# Where each of the pipeline's layers (the cut points above, in model order: the embedding, the
+# n_layers blocks, the final norm, the head) keeps its weights in GPT's state dict. A pipeline
+# starts from a GPT's weights and its checkpoints load back into one through this map.
+EMBEDDING_PREFIX = "embed."
+FINAL_NORM_PREFIX = ""  # the layer's own module is `final_norm`, as in GPT
+HEAD_PREFIX = ""  # likewise `lm_head`
+
+
+def block_prefix(index: int) -> str:
+    return f"blocks.{index}."
+
+
+def pipeline_layer_prefix(cfg: ModelConfig, index: int) -> str | None:
+    """The state-dict prefix of pipeline layer `index` (0 = embedding, n_layers + 2 = head).
+
+    None for the last stage's copy of a tied embedding, which is the first layer's weight again.
+    """
+    if index == 0:
+        return EMBEDDING_PREFIX
+    if index <= cfg.n_layers:
+        return block_prefix(index - 1)
+    if index == cfg.n_layers + 1:
+        return FINAL_NORM_PREFIX
+    return None if cfg.tie_embeddings else HEAD_PREFIX
+
+
 class GPT(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()

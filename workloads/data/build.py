@@ -72,7 +72,9 @@ def sample_group_row(row: dict[str, Any], budget: int, seed: int, settings: dict
 
 def build_group_row(row: dict[str, Any], build_dir: str, model_bytes: bytes, settings: dict[str, Any]) -> dict[str, Any]:
     """Ray Data map function: build one group; returns {index, record (JSON), seconds, node, error}."""
-    import ray  # the task runs in a Ray worker; its node is reported so the driver can say where work ran
+    # ray: this runs in a Ray worker (its node is reported so the driver can say where work ran); importing the
+    # pipeline's modules, as parsing a pretrain config does, needs no Ray.
+    import ray
 
     group = Group.from_json(row["group"])
     node = ray.get_runtime_context().get_node_id()

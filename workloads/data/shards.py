@@ -15,6 +15,8 @@ import numpy as np
 import pyarrow as pa
 from pyarrow import ipc
 
+from workloads.errors import UserInputError
+
 # Bump when the layout of shards or manifest, or anything that changes the
 # prepared tokens for the same inputs, changes: it is part of the dataset hash.
 # 2: documents packed within groups fixed by the input (workloads.data.groups), shards named after them.
@@ -72,8 +74,6 @@ def file_sha256(path: Path) -> str:
 
 def check_shard_sha256(path: Path, expected: str) -> str:
     """The shard's sha256 when it equals the manifest's `expected`; one line naming the shard otherwise."""
-    from workloads.errors import UserInputError
-
     try:
         actual = file_sha256(path)
     except OSError as e:

@@ -13,8 +13,8 @@ import dataclasses
 
 import torch
 
-from workloads.checkpoint_loading import load_checkpoint
-from workloads.initialization import initial_model
+from workloads.checkpoints.initialization import initial_model
+from workloads.checkpoints.loading import load_checkpoint
 from workloads.model import GPT, ModelConfig
 from workloads.rl.config import GRPOConfig, PPOConfig
 from workloads.rl.models import ValueModel

@@ -1,6 +1,6 @@
 """The sections of an RL run that the learner and its roles read: `rl.`, `reward.`, `kl.`, `ppo.`, `grpo.`.
 
-The driver (`orchestrator.rl`) declares the rest of the tree (run, data, model, train, ...)
+The driver (`orchestrator.stages.rl`) declares the rest of the tree (run, data, model, train, ...)
 and checks how these sections fit the others (batch arithmetic, the model's context).
 """
 from __future__ import annotations

@@ -9,6 +9,7 @@ import time
 from typing import Any
 
 import numpy as np
+import ray
 import torch
 
 from workloads.rl.rollout import ActorRole
@@ -22,8 +23,6 @@ def rollout_seed(seed: int, *where: int) -> int:
 def push_weights(rollout: ActorRole, policy: torch.nn.Module, version: int) -> list:
     """Put the policy's state dict in the object store once and have every rollout worker load it;
     returns [its ObjectRef] (what a replacement worker loads from)."""
-    import ray
-
     # Under ZeRO 0-2 every rank holds whole parameters: rank 0's module is the policy. Under ZeRO 1-2 they
     # are views into DeepSpeed's flat buffer, and pickling a view serialises its whole storage: each goes
     # as a copy of its own. named_parameters() names a tied weight once (the worker re-ties the head).

@@ -29,8 +29,9 @@ import ray.train
 import torch
 import torch.distributed as dist
 
-from workloads.checkpoint_loading import describe_checkpoint
-from workloads.checkpointing import (
+from workloads.checkpoints.initialization import initial_model
+from workloads.checkpoints.loading import describe_checkpoint
+from workloads.checkpoints.saving import (
     TrainingState,
     latest_state,
     needs_resharding,
@@ -39,12 +40,11 @@ from workloads.checkpointing import (
     universal_config,
 )
 from workloads.data.order import stream_indices
-from workloads.engine import build_engine
 from workloads.generation import Sampling
-from workloads.initialization import initial_model
 from workloads.loop import format_duration, global_means
 from workloads.metrics_log import METRICS_FILE, MetricsLog
-from workloads.pipeline import checkpoint_blocks
+from workloads.parallel.blocks import checkpoint_blocks
+from workloads.parallel.engine import build_engine
 from workloads.rl.algorithms import make_algorithm
 from workloads.rl.batch import Rollouts, scaled_logprobs, score_rollouts
 from workloads.rl.config import KLConfig, RewardConfig, RolloutConfig

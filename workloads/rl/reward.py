@@ -16,8 +16,10 @@ from typing import Any
 
 import torch
 
+from workloads.checkpoints.loading import load_checkpoint
 from workloads.errors import UserInputError
 from workloads.rl.config import RewardConfig
+from workloads.stages.datasets import sequence
 
 TRIAL_PROMPTS = ["### User:\nx = 1\n### Assistant:\n"] * 2
 TRIAL_RESPONSES = ["# a comment", "y = 2"]
@@ -88,14 +90,10 @@ class RewardScorer:
         if self.config.function:
             self._function = import_reward_function(self.config.function)
         else:
-            from workloads.checkpoint_loading import load_checkpoint
-
             self._model = load_checkpoint(self.config.model)
 
     @torch.no_grad()
     def _score_model(self, prompts: list[str], responses: list[str]) -> list[float]:
-        from workloads.stages.datasets import sequence
-
         tokenizer, context = self._model.tokenizer, self._model.config.max_seq_len
         rewards: list[float] = []
         for start in range(0, len(prompts), BATCH_SIZE):

@@ -14,9 +14,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import ray
 import torch
+from ray.exceptions import RayActorError
 
-from workloads.checkpoint_loading import load_weights_into
+from workloads.checkpoints.loading import load_weights_into
 from workloads.generation import Generated, Sampling, generate
 from workloads.model import GPT, ModelConfig
 
@@ -47,8 +49,6 @@ class RolloutWorker:
 
     def load_weights(self, weights: list, version: int) -> None:
         """weights: [ObjectRef of the policy's state dict] (in a list, so Ray passes the ref, not the value)."""
-        import ray
-
         load_weights_into(self.model, ray.get(weights[0]), "the learner's policy")  # a tied head is re-tied
         self.version = version
 
@@ -72,8 +72,6 @@ class ActorSpec:
     names: list[str] = field(default_factory=list)  # names of the first actors (replacements stay anonymous)
 
     def start(self, index: int | None = None):
-        import ray
-
         options: dict[str, Any] = {"num_cpus": self.num_cpus}
         if index is not None and index < len(self.names):
             options["name"] = self.names[index]
@@ -91,9 +89,6 @@ class ActorRole:
 
     def call(self, method: str, args: Sequence[tuple]) -> list:
         """`handles[i].method(*args[i])` for every i at once; the results in order."""
-        import ray
-        from ray.exceptions import RayActorError
-
         pending = dict(enumerate(args))
         results: list = [None] * len(args)
         failures_in_a_row = 0
@@ -120,7 +115,5 @@ class ActorRole:
         return results
 
     def stop(self) -> None:
-        import ray
-
         for handle in self.handles:
             ray.kill(handle)

@@ -13,10 +13,12 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.distributed as dist
 
-from workloads.engine import DeepSpeedConfig, build_engine
 from workloads.model import ModelConfig
-from workloads.pipeline import ParallelConfig, checkpoint_blocks, compile_blocks
+from workloads.parallel.blocks import checkpoint_blocks, compile_blocks
+from workloads.parallel.config import ParallelConfig
+from workloads.parallel.engine import DeepSpeedConfig, build_engine
 from workloads.train_config import TrainConfig
 
 
@@ -81,7 +83,6 @@ class Stage:
         if self.plan.parallel.compile_blocks:
             compile_blocks(getattr(model, "backbone", model).blocks)
         engine = build_engine(model, self.plan.deepspeed, self.plan.train, world, self.on_gpu, overrides)
-        import torch.distributed as dist
 
         rank = dist.get_rank() if dist.is_initialized() else 0
         return engine, rank, world

@@ -19,9 +19,9 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from workloads.checkpoint_loading import describe_checkpoint
+from workloads.checkpoints.initialization import initial_model
+from workloads.checkpoints.loading import describe_checkpoint
 from workloads.errors import UserInputError
-from workloads.initialization import initial_model
 from workloads.model import token_logprobs
 from workloads.schema import option
 from workloads.stages.preference import PreferenceStage

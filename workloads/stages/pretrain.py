@@ -6,13 +6,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from workloads.checkpoint_loading import describe_checkpoint
+from workloads.checkpoints.initialization import initial_model
+from workloads.checkpoints.loading import describe_checkpoint
 from workloads.data.loader import PackedDataset
 from workloads.data.shards import TOKENIZER_FILE
 from workloads.evaluation import eval_sample_indices, evaluate
-from workloads.initialization import initial_model
 from workloads.model import training_flops_per_token
-from workloads.pipeline import (
+from workloads.parallel.pipeline import (
     build_pipeline_engine,
     data_parallel_coordinates,
     pipeline_evaluate,

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from workloads.checkpoint_loading import SCALAR_HEAD, describe_checkpoint
-from workloads.initialization import initial_model
+from workloads.checkpoints.initialization import initial_model
+from workloads.checkpoints.loading import SCALAR_HEAD, describe_checkpoint
 from workloads.model import ScalarHeadModel
 from workloads.stages.preference import PreferenceStage
 

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import torch
 
-from workloads.checkpoint_loading import describe_checkpoint
+from workloads.checkpoints.initialization import initial_model
+from workloads.checkpoints.loading import describe_checkpoint
 from workloads.evaluation import eval_sample_indices, evaluate
-from workloads.initialization import initial_model
 from workloads.model import training_flops_per_token
 from workloads.stages.base import Stage, WorkerPlan
 from workloads.stages.datasets import TOKENIZER_FILE, SFTSplit

@@ -1,0 +1,1 @@
+"""Using a trained checkpoint, without Ray: generation, evaluation, export and reward scores."""
