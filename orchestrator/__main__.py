@@ -4,6 +4,7 @@
 --config tiny` runs. The commands are the top-level modules of this package; each one's summary is
 the first line of its docstring, read without importing it.
 """
+
 from __future__ import annotations
 
 import ast

@@ -43,6 +43,7 @@ Runs, datasets and the MLflow database go to a temporary directory unless
 --workdir is given. Arguments of the form --section.field=value override the
 quality recipe (for tuning it).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -63,7 +64,9 @@ def main(argv: list[str] | None = None) -> None:
         prog="python -m orchestrator.bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--out", help="write the results as JSON to this file")
-    parser.add_argument("--workdir", help="keep runs, datasets and the MLflow database here (default: a temporary directory)")
+    parser.add_argument(
+        "--workdir", help="keep runs, datasets and the MLflow database here (default: a temporary directory)"
+    )
     parser.add_argument("--steps", type=int, default=20, help="measured steps per throughput run, after warm-up")
     parser.add_argument("--quality", metavar="TEXTFILE", help="run the learning-quality check on this text file")
     parser.add_argument("--flops", type=float, default=NANOGPT_FLOPS, help="training FLOP budget of the quality check")

@@ -2,6 +2,7 @@
 
 The driver is `orchestrator.stages.finetuning`; the training is `workloads.stages.dpo`.
 """
+
 from __future__ import annotations
 
 import sys

@@ -1,4 +1,6 @@
-"""`python -m orchestrator.export CHECKPOINT --format hf|safetensors --out DIR [--register NAME]`: transformers or safetensors files.
+"""`python -m orchestrator.export CHECKPOINT --format hf|safetensors --out DIR`: files other tools read.
+
+    python -m orchestrator.export CHECKPOINT --format hf|safetensors --out DIR [--register NAME]
 
 Turns any checkpoint this project writes (a checkpoint directory, a run's
 `best_checkpoint` link, or a run directory) into files other tools read:
@@ -16,6 +18,7 @@ text-generation pipeline) and registers it as a new version of model NAME. A
 checkpoint whose run is not in that tracking store (or that has none) is logged
 to a new run in experiment "export", tagged with the checkpoint and its training run.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -30,15 +33,19 @@ from workloads.hf_interop import hf_family
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m orchestrator.export", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m orchestrator.export", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("checkpoint", help="checkpoint directory, best_checkpoint link or run directory")
     parser.add_argument("--format", choices=sorted(FORMATS), required=True)
     parser.add_argument("--out", required=True, help="directory to create (absent or empty)")
     parser.add_argument("--register", metavar="NAME", help="register the export in the MLflow Model Registry (hf only)")
-    parser.add_argument("--tracking-uri", default="",
-                        help="MLflow tracking URI for --register (default: the training run's, else MLFLOW_TRACKING_URI, "
-                             "else sqlite:///mlflow.db here)")
+    parser.add_argument(
+        "--tracking-uri",
+        default="",
+        help="MLflow tracking URI for --register (default: the training run's, else MLFLOW_TRACKING_URI, "
+        "else sqlite:///mlflow.db here)",
+    )
     return parser.parse_args(argv)
 
 
@@ -47,7 +54,9 @@ def main(argv: list[str] | None = None) -> None:
     out = Path(args.out).resolve()
     refuse_occupied(out)
     if args.register and args.format != "hf":
-        raise UserInputError(f"--register: only --format hf is registered (MLflow's transformers flavor), not {args.format}")
+        raise UserInputError(
+            f"--register: only --format hf is registered (MLflow's transformers flavor), not {args.format}"
+        )
     loaded = load_checkpoint(args.checkpoint, device="cpu")
     if args.format == "hf":
         hf_family(loaded.config)  # refuse a model with no transformers equivalent before writing anything

@@ -2,6 +2,7 @@
 
 The driver is `orchestrator.stages.rl`; the learner is `workloads.rl.learner`.
 """
+
 from __future__ import annotations
 
 import sys

@@ -5,6 +5,7 @@
 Takes the same recipes and overrides as pretrain; the pipeline is
 `orchestrator.data.pretraining`.
 """
+
 from __future__ import annotations
 
 import sys
@@ -30,8 +31,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     verify = "--verify" in argv  # re-hash every source and shard instead of trusting recorded checksums
     argv = [arg for arg in argv if arg != "--verify"]
     try:
-        cfg = parse_tree(PretrainConfig, argv, "orchestrator.prepare", SUMMARY, default_recipe="default",
-                         resolve=resolve_model_source)
+        cfg = parse_tree(
+            PretrainConfig,
+            argv,
+            "orchestrator.prepare",
+            SUMMARY,
+            default_recipe="default",
+            resolve=resolve_model_source,
+        )
         root = Path(cfg.data.dataset_dir or Path(cfg.run.output_dir) / "datasets")
         dataset_dir = prepare_dataset(cfg.data, cfg.tokenizer, root, refresh_digests=verify)
         if verify:

@@ -6,6 +6,7 @@ orchestrator.pretrain --config gpt-350m-gpu ...`). The driver is
 `orchestrator.stages.pretrain`; the training itself is `workloads.loop.train_worker`
 running `workloads.stages.pretrain.PretrainStage`.
 """
+
 from __future__ import annotations
 
 import sys

@@ -13,6 +13,7 @@ is there (written by `orchestrator.sweep`), the sweep's own sections follow:
 its trials, the fit with N counting the output head, the learning-rate search,
 the schedules' compute and the cluster's utilization.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -25,12 +26,21 @@ from orchestrator.scaling_laws.sweep_report import MLFLOW_RUN_ID, TRIALS_FILE, f
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m orchestrator.report", description=__doc__.splitlines()[0])
-    parser.add_argument("sweep", help=f"a sweep directory holding {TRIALS_FILE}, or the MLflow run id of a sweep's parent run")
-    parser.add_argument("--tracking-uri", default="", help="MLflow tracking URI for a run id (default: $MLFLOW_TRACKING_URI, "
-                        "else sqlite:///mlflow.db in the working directory)")
-    parser.add_argument("--target-flops", type=float, help="compute budget to recommend N and D for (default: 10x the largest budget)")
-    parser.add_argument("--n-label", default="non-embedding parameters",
-                        help="what the trials' N counts, as the report should say it")
+    parser.add_argument(
+        "sweep", help=f"a sweep directory holding {TRIALS_FILE}, or the MLflow run id of a sweep's parent run"
+    )
+    parser.add_argument(
+        "--tracking-uri",
+        default="",
+        help="MLflow tracking URI for a run id (default: $MLFLOW_TRACKING_URI, "
+        "else sqlite:///mlflow.db in the working directory)",
+    )
+    parser.add_argument(
+        "--target-flops", type=float, help="compute budget to recommend N and D for (default: 10x the largest budget)"
+    )
+    parser.add_argument(
+        "--n-label", default="non-embedding parameters", help="what the trials' N counts, as the report should say it"
+    )
     parser.add_argument("--bootstrap", type=int, default=200, metavar="K", help="bootstrap resamples for the intervals")
     parser.add_argument("--seed", type=int, default=0, help="seed of the bootstrap resampling")
     return parser.parse_args(argv)

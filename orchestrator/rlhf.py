@@ -3,6 +3,7 @@
 Each stage a nested child run under one MLflow parent run; a rerun skips finished stages,
 resumes an interrupted one and re-runs a changed one (`orchestrator.stages.chain`).
 """
+
 from __future__ import annotations
 
 import sys

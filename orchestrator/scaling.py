@@ -1,4 +1,6 @@
-"""`python -m orchestrator.scaling fit POINTS.csv [--predict N,D] [--bootstrap K] [--seed S]`: fit scaling laws to a sweep's points.
+"""`python -m orchestrator.scaling fit POINTS.csv`: fit scaling laws to a sweep's points and print them as JSON.
+
+    python -m orchestrator.scaling fit POINTS.csv [--predict N,D] [--bootstrap K] [--seed S]
 
 Fits a sweep's points (a CSV with columns N, D, loss and optionally C, the
 trial's training FLOPs; without C, C = 6 N D) and prints one JSON object:
@@ -7,6 +9,7 @@ D_opt ∝ C^b), each {"value": ..., "ci": [lo, hi]} with a 95% bootstrap
 interval, plus "n_points" and "budgets" (each IsoFLOP budget's C). `--predict N,D`
 adds "prediction": approach 3's loss at (N, D) with its interval.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -24,11 +27,16 @@ from workloads.errors import UserInputError
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m orchestrator.scaling", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
-    fit = commands.add_parser("fit", help="fit scaling laws to a points CSV and print them as JSON",
-                              description=__doc__.split("\n\n", 1)[1])
+    fit = commands.add_parser(
+        "fit", help="fit scaling laws to a points CSV and print them as JSON", description=__doc__.split("\n\n", 1)[1]
+    )
     fit.add_argument("points", type=Path, help="CSV with columns N, D, loss and optionally C")
-    fit.add_argument("--predict", metavar="N,D", help="also predict the loss of a model of N parameters trained on D tokens")
-    fit.add_argument("--bootstrap", type=int, default=200, metavar="K", help="bootstrap resamples for the intervals (0: none)")
+    fit.add_argument(
+        "--predict", metavar="N,D", help="also predict the loss of a model of N parameters trained on D tokens"
+    )
+    fit.add_argument(
+        "--bootstrap", type=int, default=200, metavar="K", help="bootstrap resamples for the intervals (0: none)"
+    )
     fit.add_argument("--seed", type=int, default=0, help="seed of the bootstrap resampling")
     return parser.parse_args(argv)
 

@@ -4,6 +4,7 @@ FILE holds one record per line, `{"prompt", "response"}` or `{"messages": [...]}
 chat template's last assistant message is the response), as SFT data does. Prints each
 record back as a JSON line with a `reward` field added.
 """
+
 from __future__ import annotations
 
 import argparse

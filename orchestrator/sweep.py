@@ -16,6 +16,7 @@ Layout: <output_dir>/datasets/ (the dataset), <output_dir>/<name>/ (the sweep:
 base.yaml, trials.json, points.csv, sweep.json, recommended.yaml, report/, tune/,
 and trials/<trial>/, each trial's pretrain run directory).
 """
+
 from __future__ import annotations
 
 import sys

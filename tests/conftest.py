@@ -1,4 +1,5 @@
 """Shared fixtures: a real local Ray, a small real corpus, and its prepared dataset."""
+
 from __future__ import annotations
 
 import os
@@ -17,8 +18,19 @@ os.environ.setdefault("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", "120")
 os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.2")
 
 # Real text every Python install has: a slice of the standard library's own modules.
-CORPUS_MODULES = ["argparse.py", "collections/__init__.py", "dataclasses.py", "functools.py", "inspect.py",
-                  "pathlib.py", "subprocess.py", "textwrap.py", "typing.py", "json/decoder.py", "json/encoder.py"]
+CORPUS_MODULES = [
+    "argparse.py",
+    "collections/__init__.py",
+    "dataclasses.py",
+    "functools.py",
+    "inspect.py",
+    "pathlib.py",
+    "subprocess.py",
+    "textwrap.py",
+    "typing.py",
+    "json/decoder.py",
+    "json/encoder.py",
+]
 
 
 @pytest.fixture
@@ -62,8 +74,12 @@ def tiny_run(tiny_dataset, tmp_path_factory) -> dict:
     root = tmp_path_factory.mktemp("tiny-run")
     tracking_uri = f"sqlite:///{root / 'mlflow.db'}"
     final = run_tiny(tiny_dataset, root / "runs", tracking_uri, "--run.name=shared")
-    return {"run_dir": root / "runs" / "shared", "checkpoint": Path(final["checkpoint"]), "final": final,
-            "tracking_uri": tracking_uri}
+    return {
+        "run_dir": root / "runs" / "shared",
+        "checkpoint": Path(final["checkpoint"]),
+        "final": final,
+        "tracking_uri": tracking_uri,
+    }
 
 
 @pytest.fixture(scope="session")
@@ -76,8 +92,12 @@ def tiny_checkpoint(tiny_run) -> Path:
 def alignment_home(tmp_path_factory, tiny_run) -> dict:
     """Where the alignment stages' shared runs live: {"root", "runs", "uri", "pretrained"}."""
     root = tmp_path_factory.mktemp("alignment")
-    return {"root": root, "runs": root / "runs", "uri": f"sqlite:///{root / 'mlflow.db'}",
-            "pretrained": tiny_run["checkpoint"]}
+    return {
+        "root": root,
+        "runs": root / "runs",
+        "uri": f"sqlite:///{root / 'mlflow.db'}",
+        "pretrained": tiny_run["checkpoint"],
+    }
 
 
 @pytest.fixture(scope="session")

@@ -1,4 +1,5 @@
-"""Small mixed corpora for the prepare tests (.txt, .jsonl, .parquet, invalid UTF-8), and an independent reading of them."""
+"""Small mixed corpora for the prepare tests (.txt, .jsonl, .parquet, invalid UTF-8), and an independent reading."""
+
 from __future__ import annotations
 
 import json
@@ -13,8 +14,10 @@ from workloads.tokenizer import TokenizerConfig
 SEQ_LEN = 16
 
 
-WORDS = ("alpha beta gamma delta epsilon zeta eta theta iota kappa lambda mu nu xi omicron pi rho sigma tau "
-         "upsilon phi chi psi omega def class return import yield async await lambda None True False").split()
+WORDS = (
+    "alpha beta gamma delta epsilon zeta eta theta iota kappa lambda mu nu xi omicron pi rho sigma tau "
+    "upsilon phi chi psi omega def class return import yield async await lambda None True False"
+).split()
 
 
 # Three invalid UTF-8 sequences: a lone FF, a lone FE, and C3 without its continuation byte.

@@ -1,4 +1,5 @@
 """Running real pretrain jobs from tests and reading back what they recorded."""
+
 from __future__ import annotations
 
 import json
@@ -31,19 +32,38 @@ def ensure_local_ray() -> None:
 def run_tiny(dataset: Path, output_dir: Path, tracking_uri: str, *overrides: str) -> dict:
     """One real pretrain job on the prepared tiny dataset (a local Ray must be running)."""
     cfg = parse_cli(
-        ["--config", "tiny", f"--data.corpus={dataset}", f"--run.output_dir={output_dir}",
-         f"--tracking.uri={tracking_uri}", *overrides]
+        [
+            "--config",
+            "tiny",
+            f"--data.corpus={dataset}",
+            f"--run.output_dir={output_dir}",
+            f"--tracking.uri={tracking_uri}",
+            *overrides,
+        ]
     )
     return pretrain(cfg)
 
 
-def launch_tiny(dataset: Path, output_dir: Path, tracking_uri: str, *overrides: str,
-                env: dict | None = None) -> subprocess.Popen:
+def launch_tiny(
+    dataset: Path, output_dir: Path, tracking_uri: str, *overrides: str, env: dict | None = None
+) -> subprocess.Popen:
     """`python -m orchestrator.pretrain` on the tiny dataset, as a user runs it (it starts its own local Ray)."""
     return subprocess.Popen(
-        [sys.executable, "-m", "orchestrator.pretrain", "--config", "tiny", f"--data.corpus={dataset}",
-         f"--run.output_dir={output_dir}", f"--tracking.uri={tracking_uri}", *overrides],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        [
+            sys.executable,
+            "-m",
+            "orchestrator.pretrain",
+            "--config",
+            "tiny",
+            f"--data.corpus={dataset}",
+            f"--run.output_dir={output_dir}",
+            f"--tracking.uri={tracking_uri}",
+            *overrides,
+        ],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
     )
 
 
@@ -77,10 +97,22 @@ def free_port() -> int:
 def start_mlflow_server(root: Path, port: int) -> subprocess.Popen:
     """A real `mlflow server` on 127.0.0.1:port storing into root; returns once it answers."""
     server = subprocess.Popen(
-        [str(Path(sys.executable).parent / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port),
-         "--workers", "1", "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}",
-         "--artifacts-destination", str(root / "artifacts")],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        [
+            str(Path(sys.executable).parent / "mlflow"),
+            "server",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            "1",
+            "--backend-store-uri",
+            f"sqlite:///{root / 'mlflow.db'}",
+            "--artifacts-destination",
+            str(root / "artifacts"),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     deadline = time.monotonic() + 120
     while True:
@@ -101,13 +133,19 @@ def train_stage(stage: str, home: dict, start, *overrides: str) -> dict:
     from orchestrator.stages.finetuning import parse_stage_cli, run_stage
 
     ensure_local_ray()
-    argv = ["--config", "tiny", f"--run.output_dir={home['runs']}", f"--tracking.uri={home['uri']}",
-            f"--model.init_from={start}", *overrides]
+    argv = [
+        "--config",
+        "tiny",
+        f"--run.output_dir={home['runs']}",
+        f"--tracking.uri={home['uri']}",
+        f"--model.init_from={start}",
+        *overrides,
+    ]
     return run_stage(stage, parse_stage_cli(stage, argv))
 
 
 # A user's reward module whose functions each fail in one way (written to a file and imported by name).
-BAD_REWARDS = '''
+BAD_REWARDS = """
 calls = 0
 
 
@@ -127,7 +165,7 @@ def nan_after_the_first_batch(prompts, responses):
     global calls
     calls += 1  # call 1 is the trial call, call 2 iteration 1's batch
     return [float("nan") if calls > 2 else 0.5 for _ in responses]
-'''
+"""
 
 
 def write_random_dataset(directory: Path, seq_len: int, vocab: int) -> Path:

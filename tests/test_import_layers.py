@@ -8,6 +8,7 @@ never imports `orchestrator`. Imports inside functions count (only `if TYPE_CHEC
 never run, do not), and each one must say in a comment which heavy package it keeps off an import
 path. The GPU check's modules import, and its command runs, with Ray, DeepSpeed and MLflow absent.
 """
+
 from __future__ import annotations
 
 import ast
@@ -83,8 +84,10 @@ def imported_names(name: str, path: Path, modules: dict[str, Path]) -> list[tupl
 
 def import_graph() -> dict[str, set[str]]:
     modules = module_files()
-    return {name: {target for _, target in imported_names(name, path, modules) if target != name}
-            for name, path in modules.items()}
+    return {
+        name: {target for _, target in imported_names(name, path, modules) if target != name}
+        for name, path in modules.items()
+    }
 
 
 def layer_of(module: str) -> str:
@@ -160,7 +163,7 @@ def test_every_module_has_a_layer_and_commands_are_the_top_level():
 
 def lazy_imports_without_a_reason() -> list[str]:
     problems = []
-    for name, path in module_files().items():
+    for path in module_files().values():
         lines = path.read_text().splitlines()
         tree = ast.parse(path.read_text())
         skipped = under_type_checking(tree)
@@ -213,7 +216,9 @@ def test_the_lazy_import_rule_refuses_an_import_with_no_reason():
 
     assert all(problems("def f():\n    import json\n\n    import ray\n"))
     assert problems("def f():\n    # mlflow: only when recorded\n    import mlflow\n") == [""]
-    assert problems("def f():\n    from workloads.loop import train_worker  # ray: the loop imports Ray Train\n") == [""]
+    assert problems("def f():\n    from workloads.loop import train_worker  # ray: the loop imports Ray Train\n") == [
+        ""
+    ]
 
 
 # Ray, DeepSpeed and MLflow made unimportable, as on the lent GPU machine, where none is installed.
@@ -225,32 +230,53 @@ class Absent(importlib.abc.MetaPathFinder):
             raise ModuleNotFoundError(f"No module named {name!r} (blocked by the test)")
 sys.meta_path.insert(0, Absent())
 """
-GPU_CHECK_MODULES = ("orchestrator.bench", "orchestrator.benchmarks.runner", "orchestrator.benchmarks.gpu",
-                     "orchestrator.stages.pretrain", "workloads.reference_loop", "workloads.model",
-                     "workloads.generation", "workloads.perf", "workloads.checkpoints.loading", "workloads.hf_interop",
-                     "workloads.parallel.engine")
+GPU_CHECK_MODULES = (
+    "orchestrator.bench",
+    "orchestrator.benchmarks.runner",
+    "orchestrator.benchmarks.gpu",
+    "orchestrator.stages.pretrain",
+    "workloads.reference_loop",
+    "workloads.model",
+    "workloads.generation",
+    "workloads.perf",
+    "workloads.checkpoints.loading",
+    "workloads.hf_interop",
+    "workloads.parallel.engine",
+)
 
 
 def run_blocked(code: str, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-c", BLOCKER + code, *args], cwd=REPO, capture_output=True, text=True,
-                          timeout=300)
+    return subprocess.run(
+        [sys.executable, "-c", BLOCKER + code, *args], cwd=REPO, capture_output=True, text=True, timeout=300
+    )
 
 
 def test_the_gpu_check_imports_and_runs_without_ray_deepspeed_or_mlflow():
-    imported = run_blocked("import importlib\nfor m in %r: importlib.import_module(m)\n"
-                           "print('all imported', flush=True)\nimport ray\n" % (GPU_CHECK_MODULES,))
+    imported = run_blocked(
+        f"import importlib\nfor m in {GPU_CHECK_MODULES!r}: importlib.import_module(m)\n"
+        "print('all imported', flush=True)\nimport ray\n"
+    )
     assert "all imported" in imported.stdout, imported.stderr[-2000:]
     assert imported.returncode != 0 and "blocked by the test" in imported.stderr  # and the blocker does block
-    bench = run_blocked("import runpy, sys\nsys.argv = ['bench', '--only', 'gpu']\n"
-                        "runpy.run_module('orchestrator.bench', run_name='__main__')\n")
+    bench = run_blocked(
+        "import runpy, sys\nsys.argv = ['bench', '--only', 'gpu']\n"
+        "runpy.run_module('orchestrator.bench', run_name='__main__')\n"
+    )
     assert bench.returncode == 0, bench.stderr[-2000:]
     assert "bench: gpu: skipped" in bench.stdout or "gpu: gpt-125m-gpu" in bench.stdout
 
 
 def test_the_gpu_tests_are_collected_without_ray_deepspeed_or_mlflow():
-    collected = run_blocked("import sys, pytest\nsys.exit(pytest.main(sys.argv[1:]))\n",
-                            "--collect-only", "-q", "-m", "gpu", "-p", "no:cacheprovider",
-                            "tests/workloads/test_model_on_gpu.py")
+    collected = run_blocked(
+        "import sys, pytest\nsys.exit(pytest.main(sys.argv[1:]))\n",
+        "--collect-only",
+        "-q",
+        "-m",
+        "gpu",
+        "-p",
+        "no:cacheprovider",
+        "tests/workloads/test_model_on_gpu.py",
+    )
     assert collected.returncode == 0, collected.stdout[-2000:] + collected.stderr[-2000:]
     assert re.search(r"\b1 test collected\b", collected.stdout), collected.stdout[-500:]
 

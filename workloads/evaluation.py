@@ -4,6 +4,7 @@ Bits per byte is tokenizer-independent: summed nats over the predicted tokens /
 the UTF-8 bytes those tokens decode to / ln 2, so models with different
 vocabularies (or a character model) can be compared.
 """
+
 from __future__ import annotations
 
 import math
@@ -74,7 +75,9 @@ def eval_metrics(totals: torch.Tensor) -> dict[str, float]:
 
 
 @torch.no_grad()
-def score_tokens(model, tokens: list[int], window: int, batch_size: int, byte_lengths: torch.Tensor, device) -> torch.Tensor:
+def score_tokens(
+    model, tokens: list[int], window: int, batch_size: int, byte_lengths: torch.Tensor, device
+) -> torch.Tensor:
     """(nats, tokens, bytes) float64 totals for predicting tokens[1:] from what precedes each,
     in consecutive windows of `window` predictions (each token scored once; the context starts
     afresh at every window, as in training's packed samples)."""

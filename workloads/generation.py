@@ -7,6 +7,7 @@ row per step; without it every step reruns the whole sequence (the reference the
 cache is checked and benchmarked against). Generation stays inside the model's
 context: prompt + new tokens <= `max_seq_len`.
 """
+
 from __future__ import annotations
 
 import time
@@ -88,8 +89,8 @@ def generate(
     ids = torch.zeros(batch, width, dtype=torch.long)
     valid = torch.zeros(batch, width, dtype=torch.bool)
     for row, prompt in enumerate(prompts):  # left padding: every row's last prompt token is in the last column
-        ids[row, width - len(prompt):] = torch.as_tensor(list(prompt), dtype=torch.long)
-        valid[row, width - len(prompt):] = True
+        ids[row, width - len(prompt) :] = torch.as_tensor(list(prompt), dtype=torch.long)
+        valid[row, width - len(prompt) :] = True
     ids, valid = ids.to(device), valid.to(device)
 
     was_training = model.training

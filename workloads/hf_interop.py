@@ -22,6 +22,7 @@ Nothing here imports transformers: the files are plain JSON, safetensors and the
 sentencepiece model, so exporting needs no transformers install and the tests
 prove that transformers reads them.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -68,6 +69,7 @@ _DERIVED_TENSOR_SUFFIX = ".rotary_emb.inv_freq"
 # Which transformers architecture a config is
 # ---------------------------------------------------------------------------
 
+
 def hf_family(cfg: ModelConfig) -> str:
     """LLAMA or GPT2; refuses a config with no exact transformers equivalent, naming the field."""
     if cfg.position == "rope":
@@ -96,6 +98,7 @@ def hf_family(cfg: ModelConfig) -> str:
 # ---------------------------------------------------------------------------
 # Export
 # ---------------------------------------------------------------------------
+
 
 def to_hf(model: GPT, eos_id: int = EOS_ID) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
     """(config.json contents, state dict) of the transformers model that computes what `model` computes.
@@ -150,17 +153,19 @@ def _llama_tensors(ours: Mapping[str, torch.Tensor], cfg: ModelConfig) -> dict[s
         o, h = f"blocks.{i}.", f"model.layers.{i}."
         # The fused rows are [queries; keys; values], each head's rotate-half channels in HF's order.
         q, k, v = ours[o + "attn.qkv.weight"].split((cfg.n_heads * hd, cfg.kv_heads * hd, cfg.kv_heads * hd))
-        tensors.update({
-            h + "input_layernorm.weight": ours[o + "norm1.weight"],
-            h + "self_attn.q_proj.weight": q,  # (n_heads*hd, d_model)
-            h + "self_attn.k_proj.weight": k,  # (kv_heads*hd, d_model)
-            h + "self_attn.v_proj.weight": v,  # (kv_heads*hd, d_model)
-            h + "self_attn.o_proj.weight": ours[o + "attn.proj.weight"],
-            h + "post_attention_layernorm.weight": ours[o + "norm2.weight"],
-            h + "mlp.gate_proj.weight": ours[o + "mlp.w1.weight"],  # silu(w1 x) gates ...
-            h + "mlp.up_proj.weight": ours[o + "mlp.w3.weight"],  # ... w3 x
-            h + "mlp.down_proj.weight": ours[o + "mlp.w2.weight"],
-        })
+        tensors.update(
+            {
+                h + "input_layernorm.weight": ours[o + "norm1.weight"],
+                h + "self_attn.q_proj.weight": q,  # (n_heads*hd, d_model)
+                h + "self_attn.k_proj.weight": k,  # (kv_heads*hd, d_model)
+                h + "self_attn.v_proj.weight": v,  # (kv_heads*hd, d_model)
+                h + "self_attn.o_proj.weight": ours[o + "attn.proj.weight"],
+                h + "post_attention_layernorm.weight": ours[o + "norm2.weight"],
+                h + "mlp.gate_proj.weight": ours[o + "mlp.w1.weight"],  # silu(w1 x) gates ...
+                h + "mlp.up_proj.weight": ours[o + "mlp.w3.weight"],  # ... w3 x
+                h + "mlp.down_proj.weight": ours[o + "mlp.w2.weight"],
+            }
+        )
     if not cfg.tie_embeddings:
         tensors["lm_head.weight"] = ours["lm_head.weight"]
     return tensors
@@ -194,6 +199,7 @@ def _gpt2_config(cfg: ModelConfig, eos_id: int, dtype: str) -> dict[str, Any]:
 
 def _gpt2_tensors(ours: Mapping[str, torch.Tensor], cfg: ModelConfig) -> dict[str, torch.Tensor]:
     """GPT-2's Conv1D stores weights as (in, out): our Linear weights transposed; its biases are zeros."""
+
     def zeros(width: int) -> torch.Tensor:
         return torch.zeros(width, dtype=ours["embed.tokens.weight"].dtype)
 
@@ -206,20 +212,22 @@ def _gpt2_tensors(ours: Mapping[str, torch.Tensor], cfg: ModelConfig) -> dict[st
     }
     for i in range(cfg.n_layers):
         o, h = f"blocks.{i}.", f"transformer.h.{i}."
-        tensors.update({
-            h + "ln_1.weight": ours[o + "norm1.weight"],
-            h + "ln_1.bias": zeros(d),
-            h + "attn.c_attn.weight": ours[o + "attn.qkv.weight"].T,  # (d_model, 3*d_model): [q | k | v] columns
-            h + "attn.c_attn.bias": zeros(3 * d),
-            h + "attn.c_proj.weight": ours[o + "attn.proj.weight"].T,
-            h + "attn.c_proj.bias": zeros(d),
-            h + "ln_2.weight": ours[o + "norm2.weight"],
-            h + "ln_2.bias": zeros(d),
-            h + "mlp.c_fc.weight": ours[o + "mlp.fc.weight"].T,  # (d_model, hidden)
-            h + "mlp.c_fc.bias": zeros(cfg.resolved_ffn_hidden),
-            h + "mlp.c_proj.weight": ours[o + "mlp.proj.weight"].T,  # (hidden, d_model)
-            h + "mlp.c_proj.bias": zeros(d),
-        })
+        tensors.update(
+            {
+                h + "ln_1.weight": ours[o + "norm1.weight"],
+                h + "ln_1.bias": zeros(d),
+                h + "attn.c_attn.weight": ours[o + "attn.qkv.weight"].T,  # (d_model, 3*d_model): [q | k | v] columns
+                h + "attn.c_attn.bias": zeros(3 * d),
+                h + "attn.c_proj.weight": ours[o + "attn.proj.weight"].T,
+                h + "attn.c_proj.bias": zeros(d),
+                h + "ln_2.weight": ours[o + "norm2.weight"],
+                h + "ln_2.bias": zeros(d),
+                h + "mlp.c_fc.weight": ours[o + "mlp.fc.weight"].T,  # (d_model, hidden)
+                h + "mlp.c_fc.bias": zeros(cfg.resolved_ffn_hidden),
+                h + "mlp.c_proj.weight": ours[o + "mlp.proj.weight"].T,  # (hidden, d_model)
+                h + "mlp.c_proj.bias": zeros(d),
+            }
+        )
     return tensors
 
 
@@ -252,16 +260,19 @@ def save_hf_tokenizer(tokenizer: Tokenizer, out_dir: Path) -> None:
     """
     (out_dir / TOKENIZER_FILE).write_bytes(tokenizer.model_bytes)
     pieces = spm.SentencePieceProcessor(model_proto=tokenizer.model_bytes)
-    _write_json(out_dir / TOKENIZER_CONFIG_FILE, {
-        "tokenizer_class": "LlamaTokenizer",
-        "legacy": False,
-        "add_prefix_space": False,
-        "add_bos_token": False,
-        "add_eos_token": False,
-        "bos_token": None,
-        "eos_token": pieces.id_to_piece(tokenizer.eos_id),
-        "unk_token": pieces.id_to_piece(pieces.unk_id()),
-    })
+    _write_json(
+        out_dir / TOKENIZER_CONFIG_FILE,
+        {
+            "tokenizer_class": "LlamaTokenizer",
+            "legacy": False,
+            "add_prefix_space": False,
+            "add_bos_token": False,
+            "add_eos_token": False,
+            "bos_token": None,
+            "eos_token": pieces.id_to_piece(tokenizer.eos_id),
+            "unk_token": pieces.id_to_piece(pieces.unk_id()),
+        },
+    )
 
 
 def save_safetensors(model: GPT, tokenizer: Tokenizer, out_dir: str | Path) -> Path:
@@ -293,6 +304,7 @@ def _write_json(path: Path, content: dict[str, Any]) -> None:
 # ---------------------------------------------------------------------------
 # Import
 # ---------------------------------------------------------------------------
+
 
 def read_hf_model_config(hf_dir: str | Path) -> ModelConfig:
     """Our ModelConfig of the Llama model in `hf_dir/config.json`; refuses what we cannot compute exactly."""
@@ -330,8 +342,11 @@ def read_hf_model_config(hf_dir: str | Path) -> ModelConfig:
         raise refuse("num_attention_heads", n_heads, f"it does not divide hidden_size={d_model}")
     head_dim = hf.get("head_dim") or d_model // n_heads
     if head_dim != d_model // n_heads or head_dim % 2:
-        raise refuse("head_dim", head_dim, f"heads here are hidden_size/num_attention_heads = {d_model // n_heads} "
-                                           "wide, an even number")
+        raise refuse(
+            "head_dim",
+            head_dim,
+            f"heads here are hidden_size/num_attention_heads = {d_model // n_heads} wide, an even number",
+        )
     if n_heads % kv_heads:
         raise refuse("num_key_value_heads", kv_heads, f"it does not divide num_attention_heads={n_heads}")
     rope_theta = _plain_rope_theta(hf, refuse)
@@ -413,15 +428,17 @@ def _from_llama(hf: Mapping[str, torch.Tensor], cfg: ModelConfig) -> dict[str, t
     for i in range(cfg.n_layers):
         o, h = f"blocks.{i}.", f"model.layers.{i}."
         projections = [hf[h + f"self_attn.{p}_proj.weight"] for p in "qkv"]
-        ours.update({
-            o + "norm1.weight": hf[h + "input_layernorm.weight"],
-            o + "attn.qkv.weight": torch.cat(projections),  # (qkv_width, d_model)
-            o + "attn.proj.weight": hf[h + "self_attn.o_proj.weight"],
-            o + "norm2.weight": hf[h + "post_attention_layernorm.weight"],
-            o + "mlp.w1.weight": hf[h + "mlp.gate_proj.weight"],
-            o + "mlp.w3.weight": hf[h + "mlp.up_proj.weight"],
-            o + "mlp.w2.weight": hf[h + "mlp.down_proj.weight"],
-        })
+        ours.update(
+            {
+                o + "norm1.weight": hf[h + "input_layernorm.weight"],
+                o + "attn.qkv.weight": torch.cat(projections),  # (qkv_width, d_model)
+                o + "attn.proj.weight": hf[h + "self_attn.o_proj.weight"],
+                o + "norm2.weight": hf[h + "post_attention_layernorm.weight"],
+                o + "mlp.w1.weight": hf[h + "mlp.gate_proj.weight"],
+                o + "mlp.w3.weight": hf[h + "mlp.up_proj.weight"],
+                o + "mlp.w2.weight": hf[h + "mlp.down_proj.weight"],
+            }
+        )
     return ours
 
 

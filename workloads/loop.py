@@ -8,6 +8,7 @@ a branch, starts from another run's checkpoint with this run's own learning-rate
 schedule, walks the global sample stream, and reports progress, evaluations and
 checkpoints (every evaluation reaches Ray Train, with or without a checkpoint).
 """
+
 from __future__ import annotations
 
 import time
@@ -90,8 +91,13 @@ def train_worker(payload: dict[str, Any]) -> None:
 
     log = MetricsLog(Path(plan.run_dir) / METRICS_FILE) if is_chief else None
     if is_chief:
-        where = (f"resumed from step {start_step}" if saved else
-                 f"branched from {origin} at step {start_step}" if origin else "from scratch")
+        where = (
+            f"resumed from step {start_step}"
+            if saved
+            else f"branched from {origin} at step {start_step}"
+            if origin
+            else "from scratch"
+        )
         layout = f" = {pipeline_stages} pipeline stages x {dp_world} data-parallel" if pipeline_stages > 1 else ""
         print(
             f"{stage.name}: training {where}: {world} worker(s){layout}, global batch {global_batch} x "

@@ -1,4 +1,5 @@
 """Learning-rate multipliers: linear warmup, then cosine or warmup-stable-decay."""
+
 from __future__ import annotations
 
 import math

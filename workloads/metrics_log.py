@@ -4,6 +4,7 @@ The worker only writes this local record: the driver forwards it to MLflow
 (`orchestrator.tracking.RunRecorder`), so training never waits on, or dies of, the
 tracking server, and nothing is lost while that server is away.
 """
+
 from __future__ import annotations
 
 import json

@@ -27,6 +27,7 @@ without a mask and may pick flash kernels.
 
 FLOPs follow the PaLM/Chinchilla convention (see `training_flops_per_token`).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -64,18 +65,25 @@ class ModelConfig:
     )
     max_seq_len: int = option(1024, "Longest context the model accepts (sizes learned positions and RoPE tables).")
     mlp: str = option("swiglu", "Feed-forward kind: swiglu | gelu.")
-    ffn_hidden: int = option(0, "Feed-forward hidden width; 0 = auto (gelu: 4*d_model, swiglu: 8/3*d_model up to a multiple of 64).")
+    ffn_hidden: int = option(
+        0, "Feed-forward hidden width; 0 = auto (gelu: 4*d_model, swiglu: 8/3*d_model up to a multiple of 64)."
+    )
     norm: str = option("rmsnorm", "Normalisation: rmsnorm | layernorm (without bias).")
     position: str = option("rope", "Position encoding: rope | learned | alibi.")
-    rope_theta: float = option(10000.0, "RoPE base: rotation wavelengths run from 2*pi up to about 2*pi*rope_theta tokens.")
+    rope_theta: float = option(
+        10000.0, "RoPE base: rotation wavelengths run from 2*pi up to about 2*pi*rope_theta tokens."
+    )
     norm_eps: float = option(1e-5, "Epsilon added to the variance inside each norm.")
     dropout: float = option(0.0, "Dropout on embeddings, attention weights and residual branches.")
-    init_std: float = option(0.02, "Std of the normal init of all weights; residual projections get init_std/sqrt(2*n_layers).")
+    init_std: float = option(
+        0.02, "Std of the normal init of all weights; residual projections get init_std/sqrt(2*n_layers)."
+    )
     tie_embeddings: bool = option(True, "Share one weight between the token embedding and the output head.")
     init_from: str = option(
-        "", "Start from existing weights instead of a random init: hf:DIR (a Hugging Face Llama-architecture "
+        "",
+        "Start from existing weights instead of a random init: hf:DIR (a Hugging Face Llama-architecture "
         "checkpoint on disk; its config.json sets the shape, its tokenizer.model the tokenizer); the fine-tuning "
-        "stages also take a checkpoint or run directory of this project, or an MLflow run id."
+        "stages also take a checkpoint or run directory of this project, or an MLflow run id.",
     )
     # Changes no parameter, buffer or FLOP count: checkpoints load under either setting.
     attention_mask: str = option(
@@ -116,7 +124,12 @@ class ModelConfig:
             _require_int(name, getattr(self, name), minimum=1)
         _require_int("ffn_hidden", self.ffn_hidden, minimum=0)
         _require_int("n_kv_heads", self.n_kv_heads, minimum=0)
-        kinds = (("mlp", MLP_KINDS), ("norm", NORM_KINDS), ("position", POSITION_KINDS), ("attention_mask", ATTENTION_MASKS))
+        kinds = (
+            ("mlp", MLP_KINDS),
+            ("norm", NORM_KINDS),
+            ("position", POSITION_KINDS),
+            ("attention_mask", ATTENTION_MASKS),
+        )
         for name, allowed in kinds:
             if getattr(self, name) not in allowed:
                 raise UserInputError(f"model.{name}: {getattr(self, name)!r} is not one of {' | '.join(allowed)}")
@@ -147,6 +160,7 @@ def _require_int(name: str, value, minimum: int) -> None:
 # ---------------------------------------------------------------------------
 # Exact counts from the config alone (MFU, scaling laws)
 # ---------------------------------------------------------------------------
+
 
 def _mlp_parameters(cfg: ModelConfig) -> int:
     matrices = 3 if cfg.mlp == "swiglu" else 2
@@ -185,9 +199,9 @@ def training_flops_per_token(cfg: ModelConfig, seq_len: int) -> int:
     6 * N for the weight matmuls (2 forward, 4 backward per parameter) plus
     12 * n_layers * d_model * seq_len for attention scores and weighted values
     (2 matmuls * 2 FLOPs * 3 for forward+backward), with no halving for the
-    causal mask (grouped-query attention shares keys, not score FLOPs). Example: nanoGPT's CPU "baby GPT" (4 layers, 4 heads, width 128,
-    block 64, vocab 65, GELU MLP) has N = 794,752 matmul parameters (nanoGPT prints
-    0.80M, adding biases and norms), so 6*794,752 + 12*4*128*64 = 5,161,728 FLOPs
+    causal mask (grouped-query attention shares keys, not score FLOPs). Example: nanoGPT's CPU
+    "baby GPT" (4 layers, 4 heads, width 128, block 64, vocab 65, GELU MLP) has N = 794,752 matmul
+    parameters (nanoGPT prints 0.80M, adding biases and norms), so 6*794,752 + 12*4*128*64 = 5,161,728 FLOPs
     per token.
     """
     return 6 * matmul_parameters(cfg) + 12 * cfg.n_layers * cfg.d_model * seq_len
@@ -202,10 +216,12 @@ def forward_flops_per_token(cfg: ModelConfig, seq_len: int) -> int:
 # Position encodings and masks
 # ---------------------------------------------------------------------------
 
+
 def alibi_slopes(n_heads: int) -> list[float]:
     """Per-head ALiBi slopes from Press et al.: a geometric sequence starting at
     2^(-8/n). For n not a power of two, take the closest smaller power of two and
     fill the remaining heads with every other slope of the next power of two."""
+
     def power_of_two_slopes(n: int) -> list[float]:
         start = 2.0 ** (-8.0 / n)
         return [start ** (i + 1) for i in range(n)]
@@ -247,7 +263,9 @@ def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, sign: float) 
     cos = cos.unsqueeze(-2)  # (..., T, 1, head_dim/2): the same rotation for every head
     sin = sin.unsqueeze(-2)
     if torch.compiler.is_compiling():  # dynamo cannot trace `out=` into a view; inductor fuses this anyway
-        return torch.cat((torch.addcmul(x1 * cos, x2, sin, value=-sign), torch.addcmul(x2 * cos, x1, sin, value=sign)), -1)
+        return torch.cat(
+            (torch.addcmul(x1 * cos, x2, sin, value=-sign), torch.addcmul(x2 * cos, x1, sin, value=sign)), -1
+        )
     out = torch.empty_like(x, memory_format=torch.contiguous_format)
     out1, out2 = out.chunk(2, dim=-1)
     torch.mul(x1, cos, out=out1).addcmul_(x2, sin, value=-sign)
@@ -282,7 +300,9 @@ class AttentionInputs(nn.Module):
         self.per_document = cfg.attention_mask == "document"
         if cfg.position == "rope":
             inv_freq = cfg.rope_theta ** (-torch.arange(0, cfg.head_dim, 2, dtype=torch.float64) / cfg.head_dim)
-            angles = torch.outer(torch.arange(cfg.max_seq_len, dtype=torch.float64), inv_freq)  # (max_seq_len, head_dim/2)
+            angles = torch.outer(
+                torch.arange(cfg.max_seq_len, dtype=torch.float64), inv_freq
+            )  # (max_seq_len, head_dim/2)
             # Not persistent: derived from the config, so checkpoints need not carry them.
             self.register_buffer("cos", angles.cos().float(), persistent=False)
             self.register_buffer("sin", angles.sin().float(), persistent=False)
@@ -316,7 +336,7 @@ class AttentionInputs(nn.Module):
             allowed = torch.ones(seq_len, seq_len, dtype=torch.bool, device=bias.device).tril()
         return bias.masked_fill(~allowed, float("-inf")), rope
 
-    def for_decoding(self, cache: "KVCache", query_positions: torch.Tensor, dtype: torch.dtype):
+    def for_decoding(self, cache: KVCache, query_positions: torch.Tensor, dtype: torch.dtype):
         """`(attn_bias, rope)` for t new tokens appended to a KV cache that already holds `cache.length`.
 
         query_positions (B, t) are each row's own positions (left padding does not count).
@@ -347,6 +367,7 @@ class AttentionInputs(nn.Module):
 # ---------------------------------------------------------------------------
 # Layers
 # ---------------------------------------------------------------------------
+
 
 def make_norm(cfg: ModelConfig) -> nn.Module:
     if cfg.norm == "rmsnorm":
@@ -388,7 +409,9 @@ class _RMSNormFunction(torch.autograd.Function):
     def backward(ctx, grad: torch.Tensor):
         normed, weight, rstd = ctx.saved_tensors
         dim = normed.shape[-1]
-        grad_weight = torch.linalg.vecdot(grad.reshape(-1, dim).to(normed.dtype), normed.reshape(-1, dim), dim=0)  # (dim,)
+        grad_weight = torch.linalg.vecdot(
+            grad.reshape(-1, dim).to(normed.dtype), normed.reshape(-1, dim), dim=0
+        )  # (dim,)
         grad_normed = (grad * weight).to(normed.dtype)
         # d normed / d x = rstd * (I - normed normed^T / dim), applied to grad_normed
         along = torch.linalg.vecdot(grad_normed, normed).unsqueeze(-1).div_(-dim)  # (..., 1)
@@ -452,7 +475,9 @@ class CausalSelfAttention(nn.Module):
             groups = self.n_heads // self.kv_heads
             k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)  # (B, H, L, head_dim)
         y = F.scaled_dot_product_attention(
-            q, k, v,
+            q,
+            k,
+            v,
             attn_mask=attn_bias,
             is_causal=attn_bias is None,
             dropout_p=self.dropout if self.training else 0.0,
@@ -605,7 +630,7 @@ class GPT(nn.Module):
             return logits
         return lm_loss(logits, targets, reduction)
 
-    def decode(self, input_ids: torch.Tensor, cache: "KVCache", valid: torch.Tensor | None = None) -> torch.Tensor:
+    def decode(self, input_ids: torch.Tensor, cache: KVCache, valid: torch.Tensor | None = None) -> torch.Tensor:
         """Logits (B, t, V) of t new tokens per row, appended to `cache` (inference).
 
         valid (B, t) is False at left padding: padding takes no position and no token

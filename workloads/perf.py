@@ -5,6 +5,7 @@ model's exact training FLOPs per token (`workloads.model.training_flops_per_toke
 times tokens processed per second: recomputation (activation checkpointing) is
 not credited, as in the PaLM paper's definition.
 """
+
 from __future__ import annotations
 
 import time
@@ -35,8 +36,7 @@ def lookup_peak_flops(device_name: str, dtype: str) -> float | None:
     return None
 
 
-def measure_matmul_flops(threads: int | None = None, size: int = 512, seconds: float = 0.3,
-                         burst: int = 4) -> float:
+def measure_matmul_flops(threads: int | None = None, size: int = 512, seconds: float = 0.3, burst: int = 4) -> float:
     """Sustained fp32 GEMM FLOP/s of this CPU process: the CPU's practical peak.
 
     The best rate over short bursts of `burst` GEMMs: the measurement runs while the

@@ -4,6 +4,7 @@
 optimizer and schedule) in this process; `train_steps_on_device` trains a model on random
 tokens on one device in bf16, for tokens/s, MFU and peak memory.
 """
+
 from __future__ import annotations
 
 import time
@@ -21,13 +22,21 @@ from workloads.perf import device_peak_flops, mfu
 from workloads.train_config import TrainConfig
 
 
-def bare_loop(model_cfg: ModelConfig, train: TrainConfig, dataset_dir: Path, steps: int, threads: int, *,
-              compiled: bool = False, shuffle_seed: int = 0) -> list[float]:
+def bare_loop(
+    model_cfg: ModelConfig,
+    train: TrainConfig,
+    dataset_dir: Path,
+    steps: int,
+    threads: int,
+    *,
+    compiled: bool = False,
+    shuffle_seed: int = 0,
+) -> list[float]:
     """The worker's training loop without Ray or DeepSpeed; returns the time after each step.
 
-    Same model and initial weights, blocks compiled when `compiled` (a run's `parallel.compile_blocks`),
-    same samples in the same order (`shuffle_seed`: the run's `data.shuffle_seed`), torch AdamW on the same param groups with the same
-    schedule and gradient clipping, fp32.
+    Same model and initial weights, blocks compiled when `compiled` (a run's `parallel.compile_blocks`), same
+    samples in the same order (`shuffle_seed`: the run's `data.shuffle_seed`), torch AdamW on the same param
+    groups with the same schedule and gradient clipping, fp32.
     """
     previous_threads = torch.get_num_threads()
     torch.set_num_threads(threads)
@@ -67,8 +76,9 @@ def steady_tokens_per_s(stamps: list[float], tokens_per_step: int, warmup: int) 
     return steps * tokens_per_step / (stamps[-1] - stamps[warmup])
 
 
-def train_steps_on_device(model_cfg: ModelConfig, train: TrainConfig, seq_len: int, device: str, steps: int,
-                          warmup: int = 2) -> dict[str, Any]:
+def train_steps_on_device(
+    model_cfg: ModelConfig, train: TrainConfig, seq_len: int, device: str, steps: int, warmup: int = 2
+) -> dict[str, Any]:
     """A recipe's model trained on random tokens on one device in bf16 autocast (fp32 master weights, AdamW).
 
     Without segment ids, so attention is plain causal (flash kernels where available).

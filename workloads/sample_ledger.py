@@ -6,6 +6,7 @@ checkpoint. Steps after that checkpoint which an earlier, interrupted attempt ha
 already trained did not make it into the final weights: the resume line voids them.
 What remains is the history that produced the final weights.
 """
+
 from __future__ import annotations
 
 import json

@@ -3,6 +3,7 @@
 Every config field carries its documentation where it is declared, so that
 `--help` and the shipped recipes can show it without a second source of truth.
 """
+
 from __future__ import annotations
 
 import dataclasses

@@ -13,6 +13,7 @@ comment), a tiny model can learn it, and a program can check it (`has_property`)
   `{"prompt", "responses", "ranking"}` form, the rest `{"prompt", "chosen", "rejected"}`.
 * Held-out prompts (a deterministic tenth) appear in no training file.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -72,8 +73,10 @@ def _line_pairs(max_pairs: int, seed: int) -> list[tuple[str, str]]:
         except (OSError, UnicodeDecodeError):
             continue
         for line, following in zip(lines, lines[1:]):
-            if all(MIN_CHARS <= len(x) <= MAX_CHARS and not x.startswith(("#", '"', "'")) and x.isascii()
-                   for x in (line, following)):
+            if all(
+                MIN_CHARS <= len(x) <= MAX_CHARS and not x.startswith(("#", '"', "'")) and x.isascii()
+                for x in (line, following)
+            ):
                 pairs.append((line, following))
     random.Random(seed).shuffle(pairs)
     unique, seen = [], set()
@@ -97,16 +100,19 @@ def write_task(directory: Path, records: int = 4000, seed: int = 0) -> dict[str,
     heldout_count = max(1, len(pairs) // 10)
     heldout, training = pairs[:heldout_count], pairs[heldout_count:]
     half = len(training) // 2
-    sft = [{"prompt": prompt_for(line), "response": (PROPERTY_PREFIX + nxt) if _coin(line) else nxt}
-           for line, nxt in training[:half]]
+    sft = [
+        {"prompt": prompt_for(line), "response": (PROPERTY_PREFIX + nxt) if _coin(line) else nxt}
+        for line, nxt in training[:half]
+    ]
     preferences = []
     unrelated = [nxt for _, nxt in training]
     for number, (line, nxt) in enumerate(training[half:]):
         prompt = prompt_for(line)
         if number % 4 == 0:
             other = unrelated[(number * 7919 + 1) % len(unrelated)]
-            preferences.append({"prompt": prompt, "responses": [nxt, PROPERTY_PREFIX + nxt, other],
-                                "ranking": [1, 0, 2]})
+            preferences.append(
+                {"prompt": prompt, "responses": [nxt, PROPERTY_PREFIX + nxt, other], "ranking": [1, 0, 2]}
+            )
         else:
             preferences.append({"prompt": prompt, "chosen": PROPERTY_PREFIX + nxt, "rejected": nxt})
     held = [{"prompt": prompt_for(line), "chosen": PROPERTY_PREFIX + nxt, "rejected": nxt} for line, nxt in heldout]

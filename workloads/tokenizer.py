@@ -6,6 +6,7 @@ UTF-8 byte count, so that bits-per-byte computed from token losses is exact.
 That takes byte fallback, identity normalization, no dummy prefix, no
 whitespace collapsing, and one escape (see `_META`).
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -35,7 +36,7 @@ _MAX_SENTENCE_BYTES = 4 * _TRAIN_SENTENCE_CHARS
 
 # Text that a tokenizer must round-trip exactly before it is used.
 _EXACTNESS_PROBE = (
-    "def f(x):\n\tif x:\r\n        return '\U0001F600 \u4e16\u754c e\u0301 \u2581\u2581 x'\n\n"
+    "def f(x):\n\tif x:\r\n        return '\U0001f600 \u4e16\u754c e\u0301 \u2581\u2581 x'\n\n"
     + "".join(chr(c) for c in range(32))
     + "  trailing  \n"
 )
@@ -83,9 +84,7 @@ class Tokenizer:
         self._num_threads = num_threads
         self._byte_lengths: np.ndarray | None = None
         # The three byte tokens that spell a literal U+2581 (see _META).
-        self._meta_ids = np.array(
-            [self._sp.piece_to_id(f"<0x{b:02X}>") for b in _META.encode("utf-8")], dtype=np.int32
-        )
+        self._meta_ids = np.array([self._sp.piece_to_id(f"<0x{b:02X}>") for b in _META.encode("utf-8")], dtype=np.int32)
 
     @classmethod
     def load(cls, path: str | Path, num_threads: int = 1) -> Tokenizer:

@@ -1,4 +1,5 @@
 """The `train.` section: steps, batch arithmetic, optimizer, schedule, cadence."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -10,10 +11,21 @@ SCHEDULES = ("cosine", "wsd")
 # Fields that may change between submissions of the same run: cadence (logging, evaluation,
 # checkpoints, halting), retention, MFU accounting and how the global batch is split into
 # micro-batches (the global batch itself is checked on its own when a run resumes).
-CADENCE_FIELDS = frozenset({
-    "halt_at_step", "log_interval", "eval_interval", "eval_samples", "checkpoint_interval", "peak_flops_per_device",
-    "keep_checkpoints", "keep_best_checkpoint", "micro_batch_size", "grad_accum_steps", "global_batch_size",
-})
+CADENCE_FIELDS = frozenset(
+    {
+        "halt_at_step",
+        "log_interval",
+        "eval_interval",
+        "eval_samples",
+        "checkpoint_interval",
+        "peak_flops_per_device",
+        "keep_checkpoints",
+        "keep_best_checkpoint",
+        "micro_batch_size",
+        "grad_accum_steps",
+        "global_batch_size",
+    }
+)
 
 
 @dataclass
@@ -27,7 +39,8 @@ class TrainConfig:
         0, "stop with a checkpoint after this step, as if interrupted (resubmit to continue); 0 = run to max_steps"
     )
     global_batch_size: int = option(
-        0, "sequences per optimizer step over all workers; 0 = micro_batch_size x grad_accum_steps x data-parallel degree"
+        0,
+        "sequences per optimizer step over all workers; 0 = micro_batch_size x grad_accum_steps x data-parallel degree",
     )
     lr: float = option(1e-3, "peak learning rate")
     min_lr_ratio: float = option(0.1, "final learning rate as a fraction of the peak")
@@ -48,14 +61,23 @@ class TrainConfig:
         0, "keep only the newest N checkpoints (older ones go only after a newer one is committed); 0 = keep all"
     )
     keep_best_checkpoint: bool = option(
-        True, "also keep the checkpoint with the lowest validation loss (of those taken at an eval step) as <run>/best_checkpoint"
+        True,
+        "also keep the checkpoint with the lowest validation loss (of those taken at an eval step) as "
+        "<run>/best_checkpoint",
     )
     peak_flops_per_device: float = option(
         0.0, "dense peak FLOP/s of one device for MFU; 0 = look up the GPU model, or measure a matmul on CPU"
     )
 
     def validate(self) -> None:
-        positive = ("max_steps", "micro_batch_size", "grad_accum_steps", "log_interval", "eval_interval", "eval_samples")
+        positive = (
+            "max_steps",
+            "micro_batch_size",
+            "grad_accum_steps",
+            "log_interval",
+            "eval_interval",
+            "eval_samples",
+        )
         for name in positive:
             if getattr(self, name) < 1:
                 raise UserInputError(f"train.{name}: must be >= 1, got {getattr(self, name)}")

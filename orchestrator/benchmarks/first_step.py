@@ -1,4 +1,5 @@
 """The first-step section: a user's `python -m orchestrator.pretrain`, launch to its first step line, cold."""
+
 from __future__ import annotations
 
 import os
@@ -24,23 +25,37 @@ FIRST_STEP_MARKS = (
 FIRST_STEP_COLD_RUNS = 2
 
 
-def measure_first_step(dataset_dir: Path, workdir: Path, extensions_dir: Path, timeout_s: float = 300.0) -> dict[str, Any]:
+def measure_first_step(
+    dataset_dir: Path, workdir: Path, extensions_dir: Path, timeout_s: float = 300.0
+) -> dict[str, Any]:
     """Seconds from launching the pretrain CLI (dataset prepared) to its first step line, and its phases.
 
     A fresh process that starts its own local Ray, as on a laptop. DeepSpeed JIT-builds its CPU ops
     (the shared-memory comm op) into `extensions_dir` ($TORCH_EXTENSIONS_DIR) the first time and loads
     them from there afterwards.
     """
-    command = [sys.executable, "-m", "orchestrator.pretrain", *throughput_args(dataset_dir, workdir, "bench-first-step", 2),
-               "--train.log_interval=1"]
+    command = [
+        sys.executable,
+        "-m",
+        "orchestrator.pretrain",
+        *throughput_args(dataset_dir, workdir, "bench-first-step", 2),
+        "--train.log_interval=1",
+    ]
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "TORCH_EXTENSIONS_DIR": str(extensions_dir)}
     env.pop("RAY_ADDRESS", None)  # a local Ray of its own, as on a laptop
     marks: dict[str, float] = {}
     tail: list[str] = []
     load = os.getloadavg()[0]
     started = time.perf_counter()
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
-                               cwd=workdir, start_new_session=True)
+    process = subprocess.Popen(
+        command,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=env,
+        cwd=workdir,
+        start_new_session=True,
+    )
     watchdog = threading.Timer(timeout_s, process.kill)
     watchdog.start()
     try:
@@ -54,9 +69,13 @@ def measure_first_step(dataset_dir: Path, workdir: Path, extensions_dir: Path, t
     finally:
         watchdog.cancel()
     if "first_step" not in marks:
-        raise RuntimeError(f"pretrain exited with status {status} before its first step line; last lines:\n" + "\n".join(tail))
-    return {"first_step_s": marks["first_step"],
-            "details": {"phases_s": marks, "exit_status": status, "load_average_at_launch": load}}
+        raise RuntimeError(
+            f"pretrain exited with status {status} before its first step line; last lines:\n" + "\n".join(tail)
+        )
+    return {
+        "first_step_s": marks["first_step"],
+        "details": {"phases_s": marks, "exit_status": status, "load_average_at_launch": load},
+    }
 
 
 def measure_first_steps(dataset_dir: Path, workdir: Path, cold_runs: int = FIRST_STEP_COLD_RUNS) -> dict[str, Any]:
@@ -69,8 +88,11 @@ def measure_first_steps(dataset_dir: Path, workdir: Path, cold_runs: int = FIRST
         kind = "first launch, building DeepSpeed's CPU ops" if attempt == 0 else f"cold launch {attempt}/{cold_runs}"
         measured = measure_first_step(dataset_dir, workdir, extensions_dir)
         phases = measured["details"]["phases_s"]
-        say(f"first step: {kind}: " + ", ".join(f"{name} {phases[name]:.1f}" for name, _ in FIRST_STEP_MARKS if name in phases)
-            + f" s (load average {measured['details']['load_average_at_launch']:.1f})")
+        say(
+            f"first step: {kind}: "
+            + ", ".join(f"{name} {phases[name]:.1f}" for name, _ in FIRST_STEP_MARKS if name in phases)
+            + f" s (load average {measured['details']['load_average_at_launch']:.1f})"
+        )
         runs.append(measured)
     build, cold = runs[0], runs[1:]
     best = min(cold, key=lambda run: run["first_step_s"])
@@ -90,5 +112,7 @@ def run(bench) -> None:
     bench.report["first_step_s"] = measured["first_step_s"]
     bench.report["first_step_build_s"] = measured["first_step_build_s"]
     bench.details["first_step"] = measured["details"]
-    say(f"first step: {bench.report['first_step_s']:.1f} s cold (lowest of {FIRST_STEP_COLD_RUNS}); "
-        f"{bench.report['first_step_build_s']:.1f} s for the first launch, which builds DeepSpeed's CPU ops")
+    say(
+        f"first step: {bench.report['first_step_s']:.1f} s cold (lowest of {FIRST_STEP_COLD_RUNS}); "
+        f"{bench.report['first_step_build_s']:.1f} s for the first launch, which builds DeepSpeed's CPU ops"
+    )

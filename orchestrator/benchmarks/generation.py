@@ -1,4 +1,5 @@
 """The generate section: KV-cache decoding against recomputing every step and against transformers' `generate`."""
+
 from __future__ import annotations
 
 import time
@@ -16,9 +17,15 @@ from workloads.model import GPT
 GENERATE_BATCH, GENERATE_PROMPT_TOKENS, GENERATE_NEW_TOKENS = 8, 32, 192  # 32 + 192 fit the recipe's 256-token context
 
 
-def measure_generate(workdir: Path, model_cfg=None, batch: int = GENERATE_BATCH,
-                     prompt_tokens: int = GENERATE_PROMPT_TOKENS, new_tokens: int = GENERATE_NEW_TOKENS,
-                     threads: int = BENCH_CPUS, repeats: int = 3) -> dict[str, Any]:
+def measure_generate(
+    workdir: Path,
+    model_cfg=None,
+    batch: int = GENERATE_BATCH,
+    prompt_tokens: int = GENERATE_PROMPT_TOKENS,
+    new_tokens: int = GENERATE_NEW_TOKENS,
+    threads: int = BENCH_CPUS,
+    repeats: int = 3,
+) -> dict[str, Any]:
     """Greedy tokens/s of `workloads.generation.generate` with and without its KV cache, and of
     transformers' `generate` on the same weights exported with `workloads.hf_interop`.
 
@@ -30,7 +37,6 @@ def measure_generate(workdir: Path, model_cfg=None, batch: int = GENERATE_BATCH,
     whole sequence every step, is slow enough to run once.
     """
     import transformers  # transformers: the optional [hf] extra, needed by this section alone
-
 
     cfg = model_cfg or parse_cli(["--config", THROUGHPUT_RECIPE]).model
     previous_threads = torch.get_num_threads()
@@ -48,8 +54,13 @@ def measure_generate(workdir: Path, model_cfg=None, batch: int = GENERATE_BATCH,
         def transformers_generate(count: int = new_tokens) -> tuple[torch.Tensor, float]:
             started = time.perf_counter()
             with torch.no_grad():
-                out = theirs.generate(prompts, attention_mask=torch.ones_like(prompts), do_sample=False,
-                                      max_new_tokens=count, eos_token_id=None)  # (B, prompt + count)
+                out = theirs.generate(
+                    prompts,
+                    attention_mask=torch.ones_like(prompts),
+                    do_sample=False,
+                    max_new_tokens=count,
+                    eos_token_id=None,
+                )  # (B, prompt + count)
             return out[:, prompt_tokens:], time.perf_counter() - started
 
         for warm_up in (lambda: ours(True, 8), lambda: ours(False, 8), lambda: transformers_generate(8)):
@@ -72,7 +83,10 @@ def measure_generate(workdir: Path, model_cfg=None, batch: int = GENERATE_BATCH,
         "generate_vs_transformers": cache_rate / hf_rate,
         "details": {
             "model": f"{cfg.n_layers} x {cfg.d_model}, {cfg.n_heads} heads, vocab {cfg.vocab_size}",
-            "batch": batch, "prompt_tokens": prompt_tokens, "new_tokens": new_tokens, "threads": threads,
+            "batch": batch,
+            "prompt_tokens": prompt_tokens,
+            "new_tokens": new_tokens,
+            "threads": threads,
             "cache_tokens_per_s": [g.tokens_per_s for g in cached],
             "no_cache_tokens_per_s": uncached.tokens_per_s,
             "transformers_tokens_per_s": [batch * new_tokens / s for s in hf_seconds],
@@ -85,10 +99,14 @@ def measure_generate(workdir: Path, model_cfg=None, batch: int = GENERATE_BATCH,
 
 def run(bench) -> None:
     """The generate section: generate_cache_speedup and generate_vs_transformers."""
-    say(f"generate: greedy, batch {GENERATE_BATCH}, {GENERATE_PROMPT_TOKENS}-token prompts, "
-        f"{GENERATE_NEW_TOKENS} new tokens: KV cache vs none vs transformers")
+    say(
+        f"generate: greedy, batch {GENERATE_BATCH}, {GENERATE_PROMPT_TOKENS}-token prompts, "
+        f"{GENERATE_NEW_TOKENS} new tokens: KV cache vs none vs transformers"
+    )
     measured = measure_generate(bench.workdir)
     bench.report.update({k: measured[k] for k in ("generate_cache_speedup", "generate_vs_transformers")})
     bench.details["generate"] = shown = measured["details"]
-    say(f"generate: {max(shown['cache_tokens_per_s']):,.0f} tok/s with the cache, "
-        f"{shown['no_cache_tokens_per_s']:,.0f} without, transformers {max(shown['transformers_tokens_per_s']):,.0f}")
+    say(
+        f"generate: {max(shown['cache_tokens_per_s']):,.0f} tok/s with the cache, "
+        f"{shown['no_cache_tokens_per_s']:,.0f} without, transformers {max(shown['transformers_tokens_per_s']):,.0f}"
+    )

@@ -1,4 +1,5 @@
 """The bench's goals, the table of what it measured against them, and signs of a busy machine."""
+
 from __future__ import annotations
 
 import json
@@ -55,10 +56,14 @@ def busy_machine_warnings(report: dict[str, Any]) -> list[str]:
     cpus = report["cpus_on_machine"] or BENCH_CPUS
     load = report["load_average_at_start"][0]  # later ones include this bench's own work
     if load > 0.5 * cpus:
-        warnings.append(f"the 1-minute load average was {load:.1f} on {cpus} CPUs before the bench started: "
-                        "other work disturbs the timings, compare runs on a quiet machine")
+        warnings.append(
+            f"the 1-minute load average was {load:.1f} on {cpus} CPUs before the bench started: "
+            "other work disturbs the timings, compare runs on a quiet machine"
+        )
     spread = report["details"].get("throughput", {}).get("bare_spread", 0.0)
     if spread > 0.05:
-        warnings.append(f"the bare loop ran {100 * spread:.0f}% faster or slower after the real path than before: "
-                        "the machine's speed changed during the measurement")
+        warnings.append(
+            f"the bare loop ran {100 * spread:.0f}% faster or slower after the real path than before: "
+            "the machine's speed changed during the measurement"
+        )
     return warnings

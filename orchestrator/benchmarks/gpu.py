@@ -1,4 +1,5 @@
 """The gpu section: tokens/s, MFU and peak memory of the GPU recipes' models on one CUDA device, bf16."""
+
 from __future__ import annotations
 
 from typing import Any
@@ -21,8 +22,10 @@ def gpu_bench(steps: int = 10) -> dict[str, Any]:
         cfg = parse_cli(["--config", recipe])
         results[recipe] = train_steps_on_device(cfg.model, cfg.train, cfg.data.seq_len, "cuda", steps)
         torch.cuda.empty_cache()
-        say(f"gpu: {recipe}: {results[recipe]['tokens_per_s']:,.0f} tok/s, MFU {100 * results[recipe]['mfu']:.1f}%, "
-            f"peak memory {results[recipe]['peak_memory_gib']:.1f} GiB")
+        say(
+            f"gpu: {recipe}: {results[recipe]['tokens_per_s']:,.0f} tok/s, MFU {100 * results[recipe]['mfu']:.1f}%, "
+            f"peak memory {results[recipe]['peak_memory_gib']:.1f} GiB"
+        )
     return results
 
 

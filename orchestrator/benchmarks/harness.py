@@ -1,4 +1,5 @@
 """What the bench's sections share: its machine, its recipe and dataset, a local Ray, timing from a run's metrics."""
+
 from __future__ import annotations
 
 import json
@@ -35,7 +36,8 @@ def stop_ray() -> None:
 def throughput_args(dataset_dir: Path, workdir: Path, name: str, steps: int) -> list[str]:
     """The pretrain command line of the default recipe on the bench's prepared dataset."""
     return [
-        "--config", THROUGHPUT_RECIPE,
+        "--config",
+        THROUGHPUT_RECIPE,
         f"--data.corpus={dataset_dir}",
         "--scaling.num_workers=1",
         f"--scaling.cpus_per_worker={BENCH_CPUS}",

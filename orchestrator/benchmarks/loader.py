@@ -1,4 +1,5 @@
 """The loader section: `PackedDataset.get` on shuffled micro-batches against a plain copy of as many bytes."""
+
 from __future__ import annotations
 
 import time
@@ -29,8 +30,13 @@ def _repeat_for(seconds: float, fn, *args) -> tuple[int, float]:
             return calls, elapsed
 
 
-def measure_loader(dataset_dir: Path, micro_batch_size: int, seed: int = 0, seconds: float = 1.0,
-                   micro_batches: int = LOADER_MICRO_BATCHES) -> dict[str, Any]:
+def measure_loader(
+    dataset_dir: Path,
+    micro_batch_size: int,
+    seed: int = 0,
+    seconds: float = 1.0,
+    micro_batches: int = LOADER_MICRO_BATCHES,
+) -> dict[str, Any]:
     """Micro-batches/s and bytes/s of `PackedDataset.get` on shuffled micro-batches, as the worker reads them.
 
     A pass reads `micro_batches` consecutive micro-batches of the sample stream (tens of
@@ -80,6 +86,8 @@ def run(bench) -> None:
     loader["memcpy_bytes_per_s"] = measure_memcpy(loader["bytes_per_pass"])
     bench.report["loader_vs_memcpy"] = loader["bytes_per_s"] / loader["memcpy_bytes_per_s"]
     bench.details["loader"] = loader
-    say(f"loader: {loader['micro_batches_per_s']:,.0f} micro-batches/s, {loader['bytes_per_s'] / 1e9:.2f} GB/s "
+    say(
+        f"loader: {loader['micro_batches_per_s']:,.0f} micro-batches/s, {loader['bytes_per_s'] / 1e9:.2f} GB/s "
         f"vs copy {loader['memcpy_bytes_per_s'] / 1e9:.2f} GB/s of {loader['bytes_per_pass'] / 1e6:.0f} MB: "
-        f"ratio {bench.report['loader_vs_memcpy']:.3f}")
+        f"ratio {bench.report['loader_vs_memcpy']:.3f}"
+    )

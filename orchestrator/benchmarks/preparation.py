@@ -10,6 +10,7 @@ The 1x corpus is the embedded one (this Python's standard library, about 12 MB) 
 as .txt files; the 10x corpus is ten copies of it side by side (about 120 MB). Each
 prepare is a fresh process with its own fresh local Ray, preparing from nothing.
 """
+
 from __future__ import annotations
 
 import os
@@ -71,15 +72,24 @@ def run_prepare(corpus: Path, dataset_root: Path, say) -> dict[str, Any]:
     progress = parse_progress(result.stdout)
     peak_kb = int(re.search(r"PEAK_RSS_KB (\d+)", result.stdout)[1])
     say(f"prepare: {corpus.name}: {seconds:.1f} s, peak RSS of the prepare process {peak_kb / 1024:.0f} MiB")
-    return {"peak_rss_mib": peak_kb / 1024, "wall_s": seconds, "progress": progress,
-            "dataset_dir": next(p for p in dataset_root.iterdir() if p.is_dir())}
+    return {
+        "peak_rss_mib": peak_kb / 1024,
+        "wall_s": seconds,
+        "progress": progress,
+        "dataset_dir": next(p for p in dataset_root.iterdir() if p.is_dir()),
+    }
 
 
 def parse_progress(output: str) -> list[dict[str, Any]]:
     """prepare's progress lines: groups done, MB read of the total, tokens so far, seconds into the build."""
     return [
-        {"groups": int(m[1]), "mb": float(m[3]), "total_mb": float(m[4]), "tokens": int(m[5].replace(",", "")),
-         "s": float(m[6])}
+        {
+            "groups": int(m[1]),
+            "mb": float(m[3]),
+            "total_mb": float(m[4]),
+            "tokens": int(m[5].replace(",", "")),
+            "s": float(m[6]),
+        }
         for m in _PROGRESS.finditer(output)
     ]
 
@@ -138,7 +148,9 @@ def run(bench) -> None:
     bench.report["prepare_driver_rss_growth"] = measured["prepare_driver_rss_growth"]
     bench.report["prepare_vs_single_core"] = measured["prepare_vs_single_core"]
     bench.details["prepare"] = shown = measured["details"]
-    say(f"prepare: peak RSS {shown['peak_rss_mib'][0]:.0f} -> {shown['peak_rss_mib'][1]:.0f} MiB "
+    say(
+        f"prepare: peak RSS {shown['peak_rss_mib'][0]:.0f} -> {shown['peak_rss_mib'][1]:.0f} MiB "
         f"(ratio {bench.report['prepare_driver_rss_growth']:.3f}); "
         f"{shown['tokenize_tokens_per_s_after_first_tenth']:,.0f} tok/s on {shown['cores']} cores vs "
-        f"{shown['single_core_tokens_per_s']:,.0f} tok/s on one: ratio {bench.report['prepare_vs_single_core']:.3f}")
+        f"{shown['single_core_tokens_per_s']:,.0f} tok/s on one: ratio {bench.report['prepare_vs_single_core']:.3f}"
+    )

@@ -12,6 +12,7 @@ DeepSpeed) for at most the same training FLOPs, with any tokenizer: bits per
 byte does not depend on the tokenizer, so a BPE model is compared fairly with
 a character model. The whole validation split is evaluated at the end.
 """
+
 from __future__ import annotations
 
 import math
@@ -87,7 +88,8 @@ def run_quality(
     """Train on the first 90% of text_file within `flops` training FLOPs; validate on all of the rest."""
     train_file, val_file = split_bytes(text_file, workdir / "quality-split")
     base = [
-        "--config", recipe,
+        "--config",
+        recipe,
         f"--data.corpus={train_file}",
         f"--data.val_corpus={val_file}",
         f"--data.dataset_dir={workdir / 'datasets'}",
@@ -104,7 +106,8 @@ def run_quality(
     val = load_manifest(dataset_dir)["splits"]["val"]
     # Evaluate every validation sample, once, at the end (eval also runs at max_steps).
     cfg = parse_cli(
-        base + [f"--train.max_steps={steps}", f"--train.eval_interval={steps}", f"--train.eval_samples={val['num_samples']}"]
+        base
+        + [f"--train.max_steps={steps}", f"--train.eval_interval={steps}", f"--train.eval_samples={val['num_samples']}"]
     )
     started = time.perf_counter()
     final = pretrain(cfg)
@@ -138,11 +141,21 @@ def run(bench) -> None:
     """The quality section: bits per byte within nanoGPT's FLOP budget."""
     args = bench.args
     start_ray()
-    say(f"quality: {args.quality}, first 90% of its bytes to train on, the rest to validate, "
-        f"{args.flops:.3g} training FLOPs")
-    measured = run_quality(Path(args.quality), bench.workdir, tracking_uri(bench.workdir), args.flops,
-                           args.quality_recipe, tuple(bench.quality_overrides))
+    say(
+        f"quality: {args.quality}, first 90% of its bytes to train on, the rest to validate, "
+        f"{args.flops:.3g} training FLOPs"
+    )
+    measured = run_quality(
+        Path(args.quality),
+        bench.workdir,
+        tracking_uri(bench.workdir),
+        args.flops,
+        args.quality_recipe,
+        tuple(bench.quality_overrides),
+    )
     bench.report.update({k: measured[k] for k in ("quality_bpb", "quality_flops", "quality_wall_s")})
     bench.details["quality"] = measured["details"]
-    say(f"quality: {measured['quality_bpb']:.4f} bits per byte with {measured['quality_flops']:.3g} FLOPs in "
-        f"{measured['quality_wall_s']:.0f} s (nanoGPT's baby GPT: {NANOGPT_BPB:.2f})")
+    say(
+        f"quality: {measured['quality_bpb']:.4f} bits per byte with {measured['quality_flops']:.3g} FLOPs in "
+        f"{measured['quality_wall_s']:.0f} s (nanoGPT's baby GPT: {NANOGPT_BPB:.2f})"
+    )

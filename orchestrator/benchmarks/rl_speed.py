@@ -1,4 +1,5 @@
 """The rl section: where a GRPO iteration's time goes, and the weight sync of the default recipe's policy."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -27,21 +28,49 @@ def measure_rl(workdir: Path) -> dict[str, Any]:
 
     uri = tracking_uri(workdir)
     runs = workdir / "rl-runs"
-    start = pretrain(parse_cli(["--config", "tiny", "--run.name=bench-rl-start", f"--run.output_dir={runs}",
-                                f"--tracking.uri={uri}", "--train.max_steps=30", "--run.fresh=true"]))
-    cfg = parse_rl_cli("grpo", ["--config", "tiny", "--run.name=bench-grpo", f"--run.output_dir={runs}",
-                                f"--tracking.uri={uri}", f"--model.init_from={start['checkpoint']}",
-                                f"--train.max_steps={RL_ITERATIONS}", "--run.fresh=true"])
+    start = pretrain(
+        parse_cli(
+            [
+                "--config",
+                "tiny",
+                "--run.name=bench-rl-start",
+                f"--run.output_dir={runs}",
+                f"--tracking.uri={uri}",
+                "--train.max_steps=30",
+                "--run.fresh=true",
+            ]
+        )
+    )
+    cfg = parse_rl_cli(
+        "grpo",
+        [
+            "--config",
+            "tiny",
+            "--run.name=bench-grpo",
+            f"--run.output_dir={runs}",
+            f"--tracking.uri={uri}",
+            f"--model.init_from={start['checkpoint']}",
+            f"--train.max_steps={RL_ITERATIONS}",
+            "--run.fresh=true",
+        ],
+    )
     run_rl(cfg)
-    steady = [line for line in read_metrics(cfg.run.run_dir()) if line.get("step", 0) > 1 and "rl/generation_share" in line]
-    shares = {phase: statistics.mean(line[f"rl/{phase}_share"] for line in steady)
-              for phase in ("sync", "generation", "scoring", "learning")}
+    steady = [
+        line for line in read_metrics(cfg.run.run_dir()) if line.get("step", 0) > 1 and "rl/generation_share" in line
+    ]
+    shares = {
+        phase: statistics.mean(line[f"rl/{phase}_share"] for line in steady)
+        for phase in ("sync", "generation", "scoring", "learning")
+    }
 
     model_cfg = parse_cli(["--config", THROUGHPUT_RECIPE]).model
     torch.manual_seed(0)
     policy = GPT(model_cfg)
-    spec = ActorSpec(RolloutWorker, {"model": dataclasses.asdict(model_cfg), "sampling": {"temperature": 1.0},
-                                     "max_new_tokens": 8, "eos_id": 0}, 0.25)
+    spec = ActorSpec(
+        RolloutWorker,
+        {"model": dataclasses.asdict(model_cfg), "sampling": {"temperature": 1.0}, "max_new_tokens": 8, "eos_id": 0},
+        0.25,
+    )
     role = ActorRole("rollout", spec, [spec.start() for _ in range(2)])
     try:
         ray.get([handle.pid.remote() for handle in role.handles])
@@ -57,11 +86,13 @@ def measure_rl(workdir: Path) -> dict[str, Any]:
         "rl_generation_share": shares["generation"],
         "rl_sync_s": statistics.median(seconds[1:]),
         "details": {
-            "grpo_iterations": RL_ITERATIONS, "iteration_shares": shares,
+            "grpo_iterations": RL_ITERATIONS,
+            "iteration_shares": shares,
             "iteration_s": statistics.mean(line["rl/iteration_s"] for line in steady),
             "rollout_tokens_per_s": statistics.mean(line["perf/rollout_tokens_per_s"] for line in steady),
             "sync_model": f"{model_cfg.n_layers} x {model_cfg.d_model}, vocab {model_cfg.vocab_size}, "
-                          f"{parameters:,} parameters, 2 rollout actors", "sync_s": seconds[1:],
+            f"{parameters:,} parameters, 2 rollout actors",
+            "sync_s": seconds[1:],
         },
     }
 
@@ -73,5 +104,7 @@ def run(bench) -> None:
     measured = measure_rl(bench.workdir)
     bench.report.update({k: measured[k] for k in REPORTED})
     bench.details["rl"] = measured["details"]
-    say(f"rl: generation {measured['rl_generation_share']:.1%} of an iteration; weight sync "
-        f"{measured['rl_sync_s']:.3f} s")
+    say(
+        f"rl: generation {measured['rl_generation_share']:.1%} of an iteration; weight sync "
+        f"{measured['rl_sync_s']:.3f} s"
+    )

@@ -3,6 +3,7 @@
 Each section is a module of this package with a `run(bench)` that measures, prints its
 lines and puts its values in `bench.report` (the goals' keys) and `bench.details`.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -74,11 +75,16 @@ def run(args: argparse.Namespace, quality_overrides: list[str]) -> dict[str, Any
     sections = chosen_sections(args)
     workdir = Path(args.workdir).resolve() if args.workdir else Path(tempfile.mkdtemp(prefix="bench-"))
     workdir.mkdir(parents=True, exist_ok=True)
-    bench = Bench(args, quality_overrides, workdir, {
-        "measured_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "cpus_on_machine": os.cpu_count(),
-        "load_average_at_start": list(os.getloadavg()),
-    })
+    bench = Bench(
+        args,
+        quality_overrides,
+        workdir,
+        {
+            "measured_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "cpus_on_machine": os.cpu_count(),
+            "load_average_at_start": list(os.getloadavg()),
+        },
+    )
     say(f"working in {workdir}; load average {bench.report['load_average_at_start']}")
     try:
         for name in sections:

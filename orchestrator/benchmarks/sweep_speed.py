@@ -1,4 +1,5 @@
 """The sweep section: a small scaling-law sweep filling the machine against its longest trial run alone."""
+
 from __future__ import annotations
 
 import json
@@ -18,8 +19,12 @@ from workloads.reference_loop import steady_tokens_per_s
 # The sweep measured: the cpu sweep recipe cut to 2 budgets x 3 sizes (6 trials of 520-2790 steps,
 # 3 sizes at 1e12 and 2e12 FLOPs), no verification run (it trains alone, after the grid), no bootstrap.
 SWEEP_RECIPE = "cpu"
-SWEEP_OVERRIDES = ("--sweep.budgets=[1.0e+12, 2.0e+12]", "--sweep.sizes_per_budget=3", "--sweep.verify=false",
-                   "--sweep.bootstrap=0")
+SWEEP_OVERRIDES = (
+    "--sweep.budgets=[1.0e+12, 2.0e+12]",
+    "--sweep.sizes_per_budget=3",
+    "--sweep.verify=false",
+    "--sweep.bootstrap=0",
+)
 
 
 def measure_sweep(workdir: Path) -> dict[str, Any]:
@@ -30,8 +35,14 @@ def measure_sweep(workdir: Path) -> dict[str, Any]:
     reserved. The sweep's utilization is its own account (orchestrator.scaling_laws.sweep_summary).
     """
     name = "bench-sweep"
-    argv = ["--config", SWEEP_RECIPE, f"--run.name={name}", f"--run.output_dir={workdir / 'sweep-runs'}",
-            f"--tracking.uri={tracking_uri(workdir)}", *SWEEP_OVERRIDES]
+    argv = [
+        "--config",
+        SWEEP_RECIPE,
+        f"--run.name={name}",
+        f"--run.output_dir={workdir / 'sweep-runs'}",
+        f"--tracking.uri={tracking_uri(workdir)}",
+        *SWEEP_OVERRIDES,
+    ]
     shutil.rmtree(workdir / "sweep-runs" / name, ignore_errors=True)  # a whole sweep every time, nothing read back
     started = time.perf_counter()
     try:
@@ -50,20 +61,32 @@ def measure_sweep(workdir: Path) -> dict[str, Any]:
     in_sweep = steady_tokens_per_s(step_times_from_metrics(trial_dir / METRICS_FILE)[1:], tokens_step, WARMUP_STEPS)
     say(f"sweep: {longest['name']} trained at {in_sweep:,.0f} tok/s in the sweep; now the same config alone")
     alone_args = [a for a in record["argv"] if not a.startswith(("--run.name=", "--run.output_dir="))]
-    cfg = parse_cli([*alone_args, "--run.name=bench-sweep-alone", f"--run.output_dir={workdir / 'runs'}", "--run.fresh=true"])
+    cfg = parse_cli(
+        [*alone_args, "--run.name=bench-sweep-alone", f"--run.output_dir={workdir / 'runs'}", "--run.fresh=true"]
+    )
     pretrain(cfg)
-    alone = steady_tokens_per_s(step_times_from_metrics(cfg.run.run_dir() / METRICS_FILE)[1:], tokens_step, WARMUP_STEPS)
+    alone = steady_tokens_per_s(
+        step_times_from_metrics(cfg.run.run_dir() / METRICS_FILE)[1:], tokens_step, WARMUP_STEPS
+    )
     usage = summary["utilization"]
     return {
         "sweep_trial_vs_pretrain": in_sweep / alone,
         "sweep_utilization": usage["utilization"],
         "details": {
-            "recipe": SWEEP_RECIPE, "overrides": list(SWEEP_OVERRIDES), "trials": len(summary["trials"]),
-            "wall_s": wall, "trial_wall_s": usage["wall_s"], "cluster_cpus": usage["cluster_cpus"],
-            "launch_share": usage["launch_share"], "measured_trial": longest["name"], "steps": longest["steps"],
-            "trial_tokens_per_s_in_sweep": in_sweep, "trial_tokens_per_s_alone": alone,
-            "launch_s_per_trial": [r["timing"]["launch_s"] for r in map(read_record, sweep_dir.glob("trials/*"))
-                                   if r and r.get("timing")],
+            "recipe": SWEEP_RECIPE,
+            "overrides": list(SWEEP_OVERRIDES),
+            "trials": len(summary["trials"]),
+            "wall_s": wall,
+            "trial_wall_s": usage["wall_s"],
+            "cluster_cpus": usage["cluster_cpus"],
+            "launch_share": usage["launch_share"],
+            "measured_trial": longest["name"],
+            "steps": longest["steps"],
+            "trial_tokens_per_s_in_sweep": in_sweep,
+            "trial_tokens_per_s_alone": alone,
+            "launch_s_per_trial": [
+                r["timing"]["launch_s"] for r in map(read_record, sweep_dir.glob("trials/*")) if r and r.get("timing")
+            ],
         },
     }
 
@@ -75,5 +98,7 @@ def run(bench) -> None:
     measured = measure_sweep(bench.workdir)
     bench.report.update({k: measured[k] for k in ("sweep_trial_vs_pretrain", "sweep_utilization")})
     bench.details["sweep"] = measured["details"]
-    say(f"sweep: trial {measured['sweep_trial_vs_pretrain']:.3f} of its speed alone; utilization "
-        f"{measured['sweep_utilization']:.1%}, launching {measured['details']['launch_share']:.1%}")
+    say(
+        f"sweep: trial {measured['sweep_trial_vs_pretrain']:.3f} of its speed alone; utilization "
+        f"{measured['sweep_utilization']:.1%}, launching {measured['details']['launch_share']:.1%}"
+    )

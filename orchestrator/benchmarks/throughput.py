@@ -1,4 +1,6 @@
-"""The throughput section: the real path (Ray Train + DeepSpeed) against bare loops of the same model and of GPT-2's layout."""
+"""The throughput section: the real path (Ray Train + DeepSpeed) against bare loops of the same model and of
+GPT-2's layout."""
+
 from __future__ import annotations
 
 import time
@@ -18,14 +20,26 @@ from workloads.reference_loop import bare_loop, steady_tokens_per_s
 COMPILED = ("--parallel.compile_blocks=true",)
 # GPT-2's layout (nanoGPT with bias=False) as overrides of the throughput recipe: the reference loop of
 # pretrain_vs_gpt2_bare is `bare_loop_of` this config.
-GPT2_LAYOUT = ("--model.mlp=gelu", "--model.norm=layernorm", "--model.position=learned", "--model.attention_mask=causal",
-               "--parallel.compile_blocks=false")  # nanoGPT's reference runs eager ("no compile")
+GPT2_LAYOUT = (
+    "--model.mlp=gelu",
+    "--model.norm=layernorm",
+    "--model.position=learned",
+    "--model.attention_mask=causal",
+    "--parallel.compile_blocks=false",
+)  # nanoGPT's reference runs eager ("no compile")
 
 
 def bare_loop_of(cfg: PretrainConfig, dataset_dir: Path, steps: int, threads: int) -> list[float]:
     """`workloads.reference_loop.bare_loop` on a pretrain config's model, training, compile and data order."""
-    return bare_loop(cfg.model, cfg.train, dataset_dir, steps, threads, compiled=cfg.parallel.compile_blocks,
-                     shuffle_seed=cfg.data.shuffle_seed)
+    return bare_loop(
+        cfg.model,
+        cfg.train,
+        dataset_dir,
+        steps,
+        threads,
+        compiled=cfg.parallel.compile_blocks,
+        shuffle_seed=cfg.data.shuffle_seed,
+    )
 
 
 def bare_loop_in_ray_worker(cfg: PretrainConfig, dataset_dir: Path, steps: int, threads: int) -> list[float]:
@@ -42,7 +56,8 @@ def bare_loop_in_ray_worker(cfg: PretrainConfig, dataset_dir: Path, steps: int, 
 
 
 def measure_throughput(dataset_dir: Path, workdir: Path, steps: int) -> dict[str, Any]:
-    """Bare loops of our model and of GPT-2's layout, the real path, the bare loop in a Ray worker, both bare loops again.
+    """Bare loops of our model and of GPT-2's layout, the real path, the bare loop in a Ray worker, both bare
+    loops again.
 
     Each ratio divides by the mean of its bare loop's two runs here, one before and one
     after the real path, so that a machine getting busier or quieter during the
@@ -105,8 +120,15 @@ def run(bench) -> None:
     report = bench.report
     report["pretrain_vs_bare_ratio"] = measured["pretrain_vs_bare_ratio"]
     report["pretrain_vs_gpt2_bare"] = measured["pretrain_vs_gpt2_bare"]
-    bench.details["throughput"] = {**measured["details"], "bare_micro_batches_per_s": measured["bare_micro_batches_per_s"]}
+    bench.details["throughput"] = {
+        **measured["details"],
+        "bare_micro_batches_per_s": measured["bare_micro_batches_per_s"],
+    }
     if "loader" in bench.details:
-        report["loader_vs_consumption"] = bench.details["loader"]["micro_batches_per_s"] / measured["bare_micro_batches_per_s"]
-    say(f"throughput: ratio {report['pretrain_vs_bare_ratio']:.3f} to the bare loop, "
-        f"{report['pretrain_vs_gpt2_bare']:.3f} to GPT-2's layout")
+        report["loader_vs_consumption"] = (
+            bench.details["loader"]["micro_batches_per_s"] / measured["bare_micro_batches_per_s"]
+        )
+    say(
+        f"throughput: ratio {report['pretrain_vs_bare_ratio']:.3f} to the bare loop, "
+        f"{report['pretrain_vs_gpt2_bare']:.3f} to GPT-2's layout"
+    )

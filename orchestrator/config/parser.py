@@ -8,6 +8,7 @@ of any particular tree: it loads, overrides, type-checks and prints help.
 Precedence: field defaults < recipe YAML < `--section.field=value` overrides.
 Unknown keys and values of the wrong type fail with one line naming them.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -40,7 +41,8 @@ def recipe_path(name_or_file: str, recipe_dir: Path = RECIPE_DIR) -> Path:
     shipped = recipe_dir / f"{name_or_file}.yaml"
     if not shipped.is_file():
         raise UserInputError(
-            f"--config: unknown recipe '{name_or_file}' (shipped: {', '.join(recipe_names(recipe_dir))}; or give a .yaml path)"
+            f"--config: unknown recipe '{name_or_file}' (shipped: {', '.join(recipe_names(recipe_dir))}; "
+            "or give a .yaml path)"
         )
     return shipped
 
@@ -95,7 +97,9 @@ def build_section(cls: type[T], values: dict[str, Any], section: str, from_text:
     names = {f.name for f in dataclasses.fields(cls)}
     for key in values:
         if key not in names:
-            raise UserInputError(f"unknown config key '{section}.{key}' (known in {section}: {', '.join(sorted(names))})")
+            raise UserInputError(
+                f"unknown config key '{section}.{key}' (known in {section}: {', '.join(sorted(names))})"
+            )
     types = _field_types(cls)
     typed = {k: _coerce(v, types[k], f"{section}.{k}", k in from_text) for k, v in values.items()}
     return cls(**typed)
@@ -176,7 +180,12 @@ def help_text(tree_cls: type, prog: str, summary: str, recipe_dir: Path = RECIPE
 
 
 def parse_tree(
-    tree_cls: type[T], argv: list[str] | None, prog: str, summary: str, default_recipe: str, resolve=None,
+    tree_cls: type[T],
+    argv: list[str] | None,
+    prog: str,
+    summary: str,
+    default_recipe: str,
+    resolve=None,
     recipe_dir: Path = RECIPE_DIR,
 ) -> T:
     """The whole command line: --help, --config, overrides, --print-config.

@@ -4,6 +4,7 @@ The sections the workers use are declared next to the code that uses them in
 `workloads/`; each stage's whole tree is declared with its driver in
 `orchestrator.stages`.
 """
+
 from __future__ import annotations
 
 import os
@@ -27,9 +28,10 @@ class RunConfig:
         False, "resume with another global batch size, continuing from the samples consumed so far"
     )
     branch_from: str = option(
-        "", "start this new run from another run's checkpoint (its directory, or a run directory for its latest): "
+        "",
+        "start this new run from another run's checkpoint (its directory, or a run directory for its latest): "
         "weights, optimizer state and data position carry over, the learning-rate schedule is this run's own "
-        "from that step on (e.g. a WSD cooldown branch)"
+        "from that step on (e.g. a WSD cooldown branch)",
     )
     checkpoint_steps: list = option(
         [], "steps to checkpoint at besides every train.checkpoint_interval (e.g. where other runs branch off)"
@@ -53,7 +55,9 @@ class ScalingConfig:
     num_workers: int = option(1, "training workers (data-parallel ranks x pipeline stages)")
     use_gpu: bool = option(False, "one GPU per worker, NCCL between them; otherwise CPU workers with gloo")
     cpus_per_worker: float = option(
-        1.0, "CPUs reserved per worker (fractions allowed); rounded to the nearest whole number (at least 1), its torch threads"
+        1.0,
+        "CPUs reserved per worker (fractions allowed); rounded to the nearest whole number (at least 1), "
+        "its torch threads",
     )
     placement_strategy: str = option("PACK", "Ray placement of workers: PACK | SPREAD | STRICT_PACK | STRICT_SPREAD")
     nccl_preset: str = option("", "fabric preset of NCCL variables (infiniband, roce, efa, tcp) or a runtime-env YAML")
@@ -66,7 +70,8 @@ class ScalingConfig:
             raise UserInputError(f"scaling.cpus_per_worker: must be > 0, got {self.cpus_per_worker}")
         if self.placement_strategy not in PLACEMENT_STRATEGIES:
             raise UserInputError(
-                f"scaling.placement_strategy: '{self.placement_strategy}' is not one of {', '.join(PLACEMENT_STRATEGIES)}"
+                f"scaling.placement_strategy: '{self.placement_strategy}' is not one of "
+                f"{', '.join(PLACEMENT_STRATEGIES)}"
             )
         if self.max_failures < -1:
             raise UserInputError(f"scaling.max_failures: must be >= -1 (-1 = unlimited), got {self.max_failures}")
@@ -76,10 +81,13 @@ class ScalingConfig:
 class TrackingConfig:
     """MLflow tracking."""
 
-    uri: str = option("", "tracking URI; empty = $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db in the working directory")
+    uri: str = option(
+        "", "tracking URI; empty = $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db in the working directory"
+    )
     experiment: str = option("pretrain", "MLflow experiment name")
     flush_timeout_s: float = option(
-        30.0, "at the end, wait this long for an unreachable tracking server before leaving metrics for the next submission"
+        30.0,
+        "at the end, wait this long for an unreachable tracking server before leaving metrics for the next submission",
     )
 
     def validate(self) -> None:

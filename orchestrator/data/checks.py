@@ -10,6 +10,7 @@ matches. Rewriting, truncating or replacing a shard changes at least one of thos
 (the change time cannot be set back by any user), so a sweep's many launches cost
 metadata reads instead of a re-hash of the whole corpus each time.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -73,7 +74,9 @@ def _check_tokenizer_file(dataset_dir: Path, manifest: dict[str, Any]) -> None:
         )
 
 
-def check_tokenizer(dataset_dir: Path, manifest: dict[str, Any], tokenizer: TokenizerConfig, model: ModelConfig) -> None:
+def check_tokenizer(
+    dataset_dir: Path, manifest: dict[str, Any], tokenizer: TokenizerConfig, model: ModelConfig
+) -> None:
     expected = manifest["tokenizer"]
     path = dataset_dir / expected["file"]
     _check_tokenizer_file(dataset_dir, manifest)
@@ -84,21 +87,31 @@ def check_tokenizer(dataset_dir: Path, manifest: dict[str, Any], tokenizer: Toke
         )
     vocab = Tokenizer.load(path).vocab_size
     if vocab != expected["vocab_size"]:
-        raise UserInputError(f"{path}: vocabulary of {vocab} tokens, but the dataset manifest says {expected['vocab_size']}")
+        raise UserInputError(
+            f"{path}: vocabulary of {vocab} tokens, but the dataset manifest says {expected['vocab_size']}"
+        )
     if model.vocab_size < vocab:
-        raise UserInputError(f"model.vocab_size={model.vocab_size} is smaller than the tokenizer's vocabulary ({vocab})")
+        raise UserInputError(
+            f"model.vocab_size={model.vocab_size} is smaller than the tokenizer's vocabulary ({vocab})"
+        )
 
 
-def check_dataset(dataset_dir: Path, data: DataConfig, tokenizer: TokenizerConfig, model: ModelConfig) -> dict[str, Any]:
+def check_dataset(
+    dataset_dir: Path, data: DataConfig, tokenizer: TokenizerConfig, model: ModelConfig
+) -> dict[str, Any]:
     """Manifest, tokenizer and shard checksums (see `verify_shard_checksums`) against a run's data, tokenizer and
     model sections; returns the manifest."""
     manifest = load_manifest(dataset_dir)
     check_tokenizer(dataset_dir, manifest, tokenizer, model)
     if manifest["seq_len"] != data.seq_len:
-        raise UserInputError(f"data.seq_len={data.seq_len} but the dataset was packed with seq_len {manifest['seq_len']}")
+        raise UserInputError(
+            f"data.seq_len={data.seq_len} but the dataset was packed with seq_len {manifest['seq_len']}"
+        )
     for split in ("train", "val"):
         if manifest["splits"][split]["num_samples"] == 0:
-            raise UserInputError(f"data.corpus: the {split} split holds no complete sample of {data.seq_len + 1} tokens")
+            raise UserInputError(
+                f"data.corpus: the {split} split holds no complete sample of {data.seq_len + 1} tokens"
+            )
         PackedDataset(dataset_dir, split)  # maps every shard: its layout and sample count against the manifest
     verify_shard_checksums(dataset_dir, manifest)
     return manifest

@@ -6,6 +6,7 @@ addressed by a hash of the files' contents, the tokenizer and the settings, buil
 temporary directory and renamed into place: a finished one is reused, a half-built one
 never used. Every problem is one line naming the file and line.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -32,8 +33,9 @@ class StageDataConfig:
     """The `data.` section of a fine-tuning stage: which records, how they are split and fitted."""
 
     train_file: str = option(
-        BUILTIN, "JSONL of training records, or a dataset directory prepared earlier; 'builtin' = the built-in task "
-        "made from the embedded corpus"
+        BUILTIN,
+        "JSONL of training records, or a dataset directory prepared earlier; 'builtin' = the built-in task "
+        "made from the embedded corpus",
     )
     val_file: str = option("", "JSONL of held-out records; empty = hold out val_fraction of the train file's prompts")
     val_fraction: float = option(0.05, "share of prompts held out for validation when there is no val_file")
@@ -57,6 +59,7 @@ class StageDataConfig:
 # ---------------------------------------------------------------------------
 # Preparing a dataset
 # ---------------------------------------------------------------------------
+
 
 def builtin_files(root: Path) -> dict[str, Path]:
     """The built-in task's JSONL files under `root` (written once)."""
@@ -88,9 +91,15 @@ def prepare_stage_dataset(stage: str, data: StageDataConfig, tokenizer: Tokenize
     kind = KINDS[stage]
     root.mkdir(parents=True, exist_ok=True)
     train_path, val_path = source_files(data, kind, root)
-    identity = {"kind": kind, "train": _sha256(train_path), "val": _sha256(val_path) if val_path else "",
-                "tokenizer": tokenizer.sha256, "seq_len": seq_len, "val_fraction": data.val_fraction,
-                "split_seed": data.split_seed}
+    identity = {
+        "kind": kind,
+        "train": _sha256(train_path),
+        "val": _sha256(val_path) if val_path else "",
+        "tokenizer": tokenizer.sha256,
+        "seq_len": seq_len,
+        "val_fraction": data.val_fraction,
+        "split_seed": data.split_seed,
+    }
     digest = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
     target = root / f"{kind}-{digest[:16]}"
     if target.exists():
@@ -105,17 +114,24 @@ def prepare_stage_dataset(stage: str, data: StageDataConfig, tokenizer: Tokenize
     else:
         train, val = split_by_prompt(records, data.val_fraction, data.split_seed)
     if not train or not val:
-        raise UserInputError(f"{train_path}: {len(records)} records leave no {'train' if not train else 'validation'} records")
+        raise UserInputError(
+            f"{train_path}: {len(records)} records leave no {'train' if not train else 'validation'} records"
+        )
     splits, truncated = {}, 0
     for split, rows in (("train", train), ("val", val)):
         examples, cut = tokenize(rows, tokenizer, seq_len, kind)
         truncated += cut
         splits[split] = (pack_sft if kind == "sft" else pad_preferences)(examples, seq_len, tokenizer.eos_id)
     manifest = {
-        "dataset_hash": digest, "stage": stage, "seq_len": seq_len,
-        "sources": {"train": {"path": str(train_path), "sha256": identity["train"]},
-                    "val": {"path": str(val_path), "sha256": identity["val"]} if val_path else None},
-        "records": {"train": len(train), "val": len(val)}, "responses_truncated": truncated,
+        "dataset_hash": digest,
+        "stage": stage,
+        "seq_len": seq_len,
+        "sources": {
+            "train": {"path": str(train_path), "sha256": identity["train"]},
+            "val": {"path": str(val_path), "sha256": identity["val"]} if val_path else None,
+        },
+        "records": {"train": len(train), "val": len(val)},
+        "responses_truncated": truncated,
         "tokenizer": {"file": "tokenizer.model", "sha256": tokenizer.sha256, "vocab_size": tokenizer.vocab_size},
     }
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=root))
@@ -149,8 +165,10 @@ def tokenize(records: list[Record], tokenizer: Tokenizer, seq_len: int, kind: st
     for index, (record, prompt) in enumerate(zip(records, prompts)):
         left = room - len(prompt) - 2  # the opening and closing end-of-document tokens
         if left < 1:
-            raise UserInputError(f"{record.where}: the prompt takes {len(prompt)} tokens, leaving no room for a response "
-                                 f"within {seq_len} tokens (data.seq_len / model.max_seq_len)")
+            raise UserInputError(
+                f"{record.where}: the prompt takes {len(prompt)} tokens, leaving no room for a response "
+                f"within {seq_len} tokens (data.seq_len / model.max_seq_len)"
+            )
         own = responses[index * per_record : (index + 1) * per_record]
         truncated += sum(len(r) > left for r in own)
         fitted = [r[:left] for r in own]
@@ -162,8 +180,10 @@ def check_stage_dataset(dataset_dir: Path, stage: str, tokenizer: Tokenizer) -> 
     """The manifest of a prepared dataset, checked against the starting checkpoint's tokenizer."""
     manifest = read_manifest(dataset_dir, KINDS[stage])
     if manifest["tokenizer"]["sha256"] != tokenizer.sha256:
-        raise UserInputError(f"{dataset_dir}: tokenized with another tokenizer ({manifest['tokenizer']['sha256'][:12]}...) "
-                             f"than the starting checkpoint's ({tokenizer.sha256[:12]}...)")
+        raise UserInputError(
+            f"{dataset_dir}: tokenized with another tokenizer ({manifest['tokenizer']['sha256'][:12]}...) "
+            f"than the starting checkpoint's ({tokenizer.sha256[:12]}...)"
+        )
     for name, sha in manifest["files"].items():
         if _sha256(dataset_dir / name) != sha:
             raise UserInputError(f"{dataset_dir / name}: sha256 differs from the manifest's; prepare the dataset again")

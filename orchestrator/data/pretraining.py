@@ -16,6 +16,7 @@ again, it reuses the tokenizer and every group finished there.
 
 Its command is `python -m orchestrator.prepare`.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -51,7 +52,10 @@ PROGRESS_EVERY_S = 2.0  # at most one progress line this often (and one for the 
 
 
 def prepare_dataset(
-    data: DataConfig, tokenizer: TokenizerConfig, dataset_root: Path, group_bytes: int | None = None,
+    data: DataConfig,
+    tokenizer: TokenizerConfig,
+    dataset_root: Path,
+    group_bytes: int | None = None,
     refresh_digests: bool = False,
 ) -> Path:
     """Build the dataset for these configs under dataset_root (unless already there); return its directory.
@@ -86,10 +90,12 @@ def prepare_dataset(
         build_dir.mkdir(exist_ok=True)
         _remove_partial_files(build_dir)
         try:
-            groups = plan_groups(train_sources, [d.bytes for d in train_digests], group_bytes,
-                                 "train", 0, "data.corpus")
-            groups += plan_groups(val_sources, [d.bytes for d in val_digests], group_bytes, "val", len(groups),
-                                  "data.val_corpus")
+            groups = plan_groups(
+                train_sources, [d.bytes for d in train_digests], group_bytes, "train", 0, "data.corpus"
+            )
+            groups += plan_groups(
+                val_sources, [d.bytes for d in val_digests], group_bytes, "val", len(groups), "data.val_corpus"
+            )
             manifest = _build(data, tokenizer, given_model, groups, train_sources, val_sources, build_dir)
         except UserInputError:
             shutil.rmtree(build_dir, ignore_errors=True)  # the same input would fail the same way
@@ -205,8 +211,14 @@ def _build(
         print(f"prepare: resuming an earlier attempt: its tokenizer and {len(finished)} finished groups", flush=True)
     else:
         finished = {}  # groups without their tokenizer cannot be trusted
-        model_bytes = _tokenizer_model(tokenizer_config, given_model, [g for g in groups if g.split == "train"],
-                                       settings, data.split_seed, train_sources)
+        model_bytes = _tokenizer_model(
+            tokenizer_config,
+            given_model,
+            [g for g in groups if g.split == "train"],
+            settings,
+            data.split_seed,
+            train_sources,
+        )
         partial = build_dir / f".{TOKENIZER_FILE}.part"
         partial.write_bytes(model_bytes)
         os.replace(partial, model_path)
@@ -247,7 +259,11 @@ def _build(
 
 
 def _tokenizer_model(
-    config: TokenizerConfig, given_model: bytes | None, train_groups: list[Group], settings: dict, seed: int,
+    config: TokenizerConfig,
+    given_model: bytes | None,
+    train_groups: list[Group],
+    settings: dict,
+    seed: int,
     sources: Sequence[SourceFile],
 ) -> bytes:
     """The given model (checked to be exact), or one trained on a bounded sample of the train groups."""
@@ -268,7 +284,9 @@ def _tokenizer_model(
     sample = _map_groups(train_groups, sample_group_row, budget=budget, seed=seed, settings=settings)
     # The sample stays in the object store: the task that trains reads it, the driver never does.
     try:
-        model_bytes, chars, documents = ray.get(ray.remote(num_cpus=1)(_train_tokenizer_task).remote(sample.to_arrow_refs(), config, seed))
+        model_bytes, chars, documents = ray.get(
+            ray.remote(num_cpus=1)(_train_tokenizer_task).remote(sample.to_arrow_refs(), config, seed)
+        )
     except ray.exceptions.RayTaskError as e:
         if isinstance(e.cause, UserInputError):
             raise UserInputError(str(e.cause)) from None
@@ -372,8 +390,10 @@ class _Progress:
 
 def _split_entry(parts: list[dict]) -> dict:
     """One split's manifest entry from its per-group parts, in group order."""
-    entry = {key: sum(part[key] for part in parts)
-             for key in ("num_documents", "num_tokens", "num_bytes", "num_samples", "dropped_tokens")}
+    entry = {
+        key: sum(part[key] for part in parts)
+        for key in ("num_documents", "num_tokens", "num_bytes", "num_samples", "dropped_tokens")
+    }
     entry["shards"] = [shard for part in parts for shard in part["shards"]]
     return entry
 

@@ -3,6 +3,7 @@
 The set is addressed by a hash of its source files and the tokenizer, built in a
 temporary directory and renamed into place: a finished one is reused.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -27,10 +28,15 @@ class PromptDataConfig:
     """The prompts rolled out (the only training data of RL) and the held-out prompts sampled at the end."""
 
     train_file: str = option(
-        BUILTIN, "JSONL of prompts: {\"prompt\"} records, or SFT records ({\"prompt\", \"response\"} or "
-        "{\"messages\"}; responses are ignored); 'builtin' = the built-in task's SFT and preference prompts")
-    val_file: str = option("", "JSONL of held-out prompts sampled after training; empty = the built-in task's "
-                               "held-out prompts when train_file is builtin, else none")
+        BUILTIN,
+        'JSONL of prompts: {"prompt"} records, or SFT records ({"prompt", "response"} or '
+        "{\"messages\"}; responses are ignored); 'builtin' = the built-in task's SFT and preference prompts",
+    )
+    val_file: str = option(
+        "",
+        "JSONL of held-out prompts sampled after training; empty = the built-in task's "
+        "held-out prompts when train_file is builtin, else none",
+    )
     dataset_dir: str = option("", "root of prepared datasets; empty = <run.output_dir>/datasets")
     shuffle_seed: int = option(0, "seed of the order in which prompts are drawn, iteration after iteration")
 
@@ -67,16 +73,20 @@ def prepare_prompts(cfg, tokenizer: Tokenizer) -> tuple[Path, dict[str, Any]]:
     else:
         sources = [Path(cfg.data.train_file)]
     digests = [hashlib.sha256(path.read_bytes()).hexdigest() for path in sources]
-    digest = hashlib.sha256(json.dumps({"kind": "prompts", "sources": digests, "tokenizer": tokenizer.sha256},
-                                       sort_keys=True).encode()).hexdigest()
+    digest = hashlib.sha256(
+        json.dumps({"kind": "prompts", "sources": digests, "tokenizer": tokenizer.sha256}, sort_keys=True).encode()
+    ).hexdigest()
     target = root / f"prompts-{digest[:16]}"
     if target.exists():
         print(f"{cfg.algorithm}: prompts already prepared: {target} (nothing to do)")
     else:
         texts = list(dict.fromkeys(text for path in sources for text in read_prompts(path)))  # each prompt once
         ids = [[tokenizer.eos_id, *encoded] for encoded in tokenizer.encode_batch(texts)]
-        manifest = {"dataset_hash": digest, "sources": [{"path": str(p), "sha256": d} for p, d in zip(sources, digests)],
-                    "tokenizer": {"file": "tokenizer.model", "sha256": tokenizer.sha256, "vocab_size": tokenizer.vocab_size}}
+        manifest = {
+            "dataset_hash": digest,
+            "sources": [{"path": str(p), "sha256": d} for p, d in zip(sources, digests)],
+            "tokenizer": {"file": "tokenizer.model", "sha256": tokenizer.sha256, "vocab_size": tokenizer.vocab_size},
+        }
         staging = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=root))
         try:
             write_prompt_set(staging, texts, ids, manifest, tokenizer.model_bytes)
@@ -90,9 +100,13 @@ def prepare_prompts(cfg, tokenizer: Tokenizer) -> tuple[Path, dict[str, Any]]:
     prompts = PromptSet.load(target)
     kept = len(prompts.fitting(cfg.model.max_seq_len - cfg.rl.max_new_tokens))
     if not kept:
-        raise UserInputError(f"{', '.join(map(str, sources))}: no prompt leaves room for rl.max_new_tokens="
-                             f"{cfg.rl.max_new_tokens} new tokens within model.max_seq_len={cfg.model.max_seq_len}")
+        raise UserInputError(
+            f"{', '.join(map(str, sources))}: no prompt leaves room for rl.max_new_tokens="
+            f"{cfg.rl.max_new_tokens} new tokens within model.max_seq_len={cfg.model.max_seq_len}"
+        )
     if kept < len(prompts):
-        print(f"{cfg.algorithm}: {len(prompts) - kept} of {len(prompts)} prompts left out: longer than "
-              f"model.max_seq_len - rl.max_new_tokens = {cfg.model.max_seq_len - cfg.rl.max_new_tokens} tokens")
+        print(
+            f"{cfg.algorithm}: {len(prompts) - kept} of {len(prompts)} prompts left out: longer than "
+            f"model.max_seq_len - rl.max_new_tokens = {cfg.model.max_seq_len - cfg.rl.max_new_tokens} tokens"
+        )
     return target, manifest

@@ -10,6 +10,7 @@ Formats (one JSON object per line):
 
 Every problem is one line naming the file and line.
 """
+
 from __future__ import annotations
 
 import json
@@ -90,14 +91,18 @@ def read_preferences(path: Path) -> list[Record]:
     for where, record in read_jsonl(path):
         prompt = text_field(record, "prompt", where)
         if "responses" not in record:
-            records.append(Record(prompt, [text_field(record, "chosen", where), text_field(record, "rejected", where)], where))
+            records.append(
+                Record(prompt, [text_field(record, "chosen", where), text_field(record, "rejected", where)], where)
+            )
             continue
         responses, ranking = record["responses"], record.get("ranking")
         if not isinstance(responses, list) or len(responses) < 2 or not all(isinstance(r, str) for r in responses):
             raise UserInputError(f"{where}: field 'responses' must be a list of at least 2 strings")
         if not isinstance(ranking, list) or sorted(ranking) != list(range(len(responses))):
-            raise UserInputError(f"{where}: ranking {ranking!r} is not an order of the {len(responses)} responses "
-                                 f"(indices 0..{len(responses) - 1}, best first, each once)")
+            raise UserInputError(
+                f"{where}: ranking {ranking!r} is not an order of the {len(responses)} responses "
+                f"(indices 0..{len(responses) - 1}, best first, each once)"
+            )
         for better, worse in combinations(ranking, 2):  # every pair the ranking orders
             records.append(Record(prompt, [responses[better], responses[worse]], where))
     return records

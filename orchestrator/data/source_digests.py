@@ -6,6 +6,7 @@ in full for that each time would cost minutes, so each file's digest is kept
 in `<dataset root>/.source-digests.json` with the file's stat signature
 (orchestrator.data.stat_records); a file whose record still matches is not read again.
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence

@@ -6,6 +6,7 @@ while a later stat gives the same signature the recorded checksum stands. Rewrit
 truncating or replacing a file changes at least one of those (the change time cannot
 be set back by any user).
 """
+
 from __future__ import annotations
 
 import json

@@ -8,6 +8,7 @@ loss so far, it is hard-linked (no data copied on one filesystem) into
 `<run>/best/<tag>/` and the `<run>/best_checkpoint` symlink is switched to it in one
 atomic rename; the previous best is removed only after the switch.
 """
+
 from __future__ import annotations
 
 import json

@@ -1,4 +1,5 @@
 """Ray Train callbacks of the pretrain driver (they run in Ray Train's controller)."""
+
 from __future__ import annotations
 
 import math

@@ -8,6 +8,7 @@ The presets ship inside this package (`orchestrator/launch/nccl_presets/`), so t
 are found from a non-editable install too; `cluster/nccl/` holds identical
 copies for `ray job submit --runtime-env cluster/nccl/<name>.yaml`.
 """
+
 from __future__ import annotations
 
 from importlib import resources
@@ -26,11 +27,7 @@ _SUFFIX = ".yaml"
 
 def _preset_files() -> dict[str, Traversable]:
     folder = resources.files("orchestrator.launch") / "nccl_presets"
-    return {
-        entry.name[: -len(_SUFFIX)]: entry
-        for entry in folder.iterdir()
-        if entry.name.endswith(_SUFFIX)
-    }
+    return {entry.name[: -len(_SUFFIX)]: entry for entry in folder.iterdir() if entry.name.endswith(_SUFFIX)}
 
 
 def list_presets() -> list[str]:

@@ -1,4 +1,5 @@
 """Connecting to Ray: the cluster of a `ray job submit`, or a local one started here."""
+
 from __future__ import annotations
 
 import os

@@ -5,6 +5,7 @@ resubmission with the same name resumes only if its training identity (a hash of
 what determines the loss curve) matches; otherwise it is refused unless
 `run.fresh` is set, so one run's checkpoints are never resumed into another.
 """
+
 from __future__ import annotations
 
 import json
@@ -44,7 +45,9 @@ def save(run_dir: Path, state: RunState) -> None:
     tmp.replace(run_dir / STATE_FILE)
 
 
-def claim(run_dir: Path, identity: str, global_batch: int, fresh: bool, allow_batch_change: bool = False) -> RunState | None:
+def claim(
+    run_dir: Path, identity: str, global_batch: int, fresh: bool, allow_batch_change: bool = False
+) -> RunState | None:
     """Check the run directory may hold this run; returns the previous state when resuming."""
     previous = load(run_dir)
     if fresh and run_dir.exists():
@@ -57,7 +60,9 @@ def claim(run_dir: Path, identity: str, global_batch: int, fresh: bool, allow_ba
         return None
     if previous is None:
         if (run_dir / TRAIN_STORAGE).exists():
-            raise UserInputError(f"{run_dir}: holds checkpoints but no {STATE_FILE}; pass --run.fresh=true to start over")
+            raise UserInputError(
+                f"{run_dir}: holds checkpoints but no {STATE_FILE}; pass --run.fresh=true to start over"
+            )
         return None
     if previous.identity != identity:
         raise UserInputError(

@@ -9,15 +9,17 @@ local record, and they are sent when the server answers again (at the latest by
 the next submission of the same run, which resumes from the forwarded offset).
 Nothing from the process environment is ever recorded.
 """
+
 from __future__ import annotations
 
 import json
 import os
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import Future
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import yaml
 
@@ -122,8 +124,9 @@ class RunRecorder:
         self._thread = threading.Thread(target=self._loop, name="mlflow-forwarder", daemon=True)
         self._thread.start()
 
-    def finish(self, final_metrics: dict[str, float], step: int, tags: dict[str, str], status: str,
-               timeout: float) -> bool:
+    def finish(
+        self, final_metrics: dict[str, float], step: int, tags: dict[str, str], status: str, timeout: float
+    ) -> bool:
         """Send what is left and close the run; returns False if the server stayed away."""
         self._stop.set()
         if self._thread is not None:
@@ -154,8 +157,10 @@ class RunRecorder:
             action()
         except Exception as err:  # noqa: BLE001 - any failure means "try again later"
             if not self._failing:
-                print(f"warning: tracking server {self.uri} unreachable ({err!s:.160}); training goes on, "
-                      "metrics are kept locally and sent when it is back")
+                print(
+                    f"warning: tracking server {self.uri} unreachable ({err!s:.160}); training goes on, "
+                    "metrics are kept locally and sent when it is back"
+                )
                 self._failing = True
             return False
         if self._failing:
@@ -247,7 +252,9 @@ class RunRecorder:
 
         now = int(time.time() * 1000)
         if final_metrics:
-            self.client.log_batch(self.run_id, metrics=[Metric(k, float(v), now, step) for k, v in final_metrics.items()])
+            self.client.log_batch(
+                self.run_id, metrics=[Metric(k, float(v), now, step) for k, v in final_metrics.items()]
+            )
         for key, value in tags.items():
             self.client.set_tag(self.run_id, key, value)
         self.client.set_terminated(self.run_id, status)

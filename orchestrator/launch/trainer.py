@@ -4,6 +4,7 @@
 prepared, opens the MLflow run (continued on a resubmission), fits a `TorchTrainer`
 whose workers all run `workloads.loop.train_worker`, and records the outcome.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -39,8 +40,13 @@ def worker_threads(cpus_per_worker: float) -> int:
     return max(1, math.floor(cpus_per_worker + 0.5))
 
 
-def build_trainer(cfg, payload: dict[str, Any], run_dir: Path, callbacks: list | None = None,
-                  train_loop: Callable[[dict[str, Any]], None] | None = None):
+def build_trainer(
+    cfg,
+    payload: dict[str, Any],
+    run_dir: Path,
+    callbacks: list | None = None,
+    train_loop: Callable[[dict[str, Any]], None] | None = None,
+):
     # ray: Ray Train (and the modules built on it) is imported when a run launches, so that parsing a
     # stage's config (--help, --print-config, the GPU check where Ray is not installed) needs no Ray.
     import ray.train
@@ -106,8 +112,9 @@ def train_on_ray(cfg, launch: Launch) -> dict[str, Any]:
     started = time.perf_counter()
     name = launch.stage
     run_dir = cfg.run.run_dir()
-    previous = run_state.claim(run_dir, launch.identity, launch.global_batch, cfg.run.fresh,
-                               launch.allow_global_batch_change)
+    previous = run_state.claim(
+        run_dir, launch.identity, launch.global_batch, cfg.run.fresh, launch.allow_global_batch_change
+    )
     if cfg.scaling.nccl_preset:
         worker_runtime_env(cfg.scaling)  # a bad preset name fails here, before anything starts
 
@@ -116,8 +123,9 @@ def train_on_ray(cfg, launch: Launch) -> dict[str, Any]:
     print(f"{name}: {ray_runtime.connect()}", flush=True)
     dataset_dir, manifest = launch.prepare()
 
-    state = run_state.RunState(launch.identity, launch.global_batch, previous.mlflow_run_id if previous else "",
-                               tracking_uri)
+    state = run_state.RunState(
+        launch.identity, launch.global_batch, previous.mlflow_run_id if previous else "", tracking_uri
+    )
     run_state.save(run_dir, state)
 
     def remember_run_id(run_id: str) -> None:
@@ -125,10 +133,21 @@ def train_on_ray(cfg, launch: Launch) -> dict[str, Any]:
         run_state.save(run_dir, state)
 
     recorder = RunRecorder(
-        tracking_uri, cfg.tracking.experiment, cfg.run.name, state.mlflow_run_id,
-        tags={"orchestrator.stage": name, "orchestrator.identity": launch.identity, "orchestrator.run_dir": str(run_dir),
-              **launch.tags},
-        config=to_dict(cfg), dataset_dir=dataset_dir, manifest=manifest, run_dir=run_dir, on_run_opened=remember_run_id,
+        tracking_uri,
+        cfg.tracking.experiment,
+        cfg.run.name,
+        state.mlflow_run_id,
+        tags={
+            "orchestrator.stage": name,
+            "orchestrator.identity": launch.identity,
+            "orchestrator.run_dir": str(run_dir),
+            **launch.tags,
+        },
+        config=to_dict(cfg),
+        dataset_dir=dataset_dir,
+        manifest=manifest,
+        run_dir=run_dir,
+        on_run_opened=remember_run_id,
         client=client.result(),
     )
     recorder.start()
@@ -136,7 +155,10 @@ def train_on_ray(cfg, launch: Launch) -> dict[str, Any]:
 
     payload = {
         "stage": name,
-        **{section: dataclasses.asdict(getattr(cfg, section)) for section in ("model", "train", "deepspeed", "parallel")},
+        **{
+            section: dataclasses.asdict(getattr(cfg, section))
+            for section in ("model", "train", "deepspeed", "parallel")
+        },
         "shuffle_seed": launch.shuffle_seed,
         "options": launch.options,
         "dataset_dir": str(dataset_dir),
@@ -169,19 +191,28 @@ def train_on_ray(cfg, launch: Launch) -> dict[str, Any]:
         final.update(extra)
         final_metrics.update(extra)
     recorder.finish(
-        {**final_metrics, "run/wall_s": time.perf_counter() - started}, int(final.get("step", 0)), tags,
-        "KILLED" if halted else "FINISHED", timeout=cfg.tracking.flush_timeout_s,
+        {**final_metrics, "run/wall_s": time.perf_counter() - started},
+        int(final.get("step", 0)),
+        tags,
+        "KILLED" if halted else "FINISHED",
+        timeout=cfg.tracking.flush_timeout_s,
     )
     final["mlflow_run_id"] = recorder.run_id
     if "eval/loss" in final and not halted:
         details = f" | bits per byte {final['eval/bpb']:.4f}" if "eval/bpb" in final else ""
-        print(f"{name}: done at step {final.get('step')} | final validation loss {final['eval/loss']:.4f}{details} | "
-              f"checkpoint {final.get('checkpoint')}")
+        print(
+            f"{name}: done at step {final.get('step')} | final validation loss {final['eval/loss']:.4f}{details} | "
+            f"checkpoint {final.get('checkpoint')}"
+        )
     elif not halted:
         print(f"{name}: done at step {final.get('step')} | checkpoint {final.get('checkpoint')}")
     else:
-        print(f"{name}: stopped at step {final.get('step')} | checkpoint {final.get('checkpoint')} (resubmit to continue)")
+        print(
+            f"{name}: stopped at step {final.get('step')} | checkpoint {final.get('checkpoint')} (resubmit to continue)"
+        )
     if best is not None:
-        print(f"{name}: best checkpoint: step {best['step']}, validation loss {best['eval_loss']:.4f} "
-              f"| {run_dir / best_checkpoint.BEST_LINK}")
+        print(
+            f"{name}: best checkpoint: step {best['step']}, validation loss {best['eval_loss']:.4f} "
+            f"| {run_dir / best_checkpoint.BEST_LINK}"
+        )
     return final

@@ -2,6 +2,7 @@
 
 The command is `python -m orchestrator.evaluate`; the arithmetic is `workloads.evaluation`.
 """
+
 from __future__ import annotations
 
 import json
@@ -50,8 +51,10 @@ def with_counts(totals: torch.Tensor) -> dict[str, float]:
 def score_dataset(loaded: LoadedModel, dataset_dir: Path, device) -> dict[str, dict[str, float]]:
     manifest = load_manifest(dataset_dir)
     if manifest["tokenizer"]["sha256"] != loaded.tokenizer.sha256:
-        raise UserInputError(f"{dataset_dir}: prepared with another tokenizer than the checkpoint's "
-                             f"({manifest['tokenizer']['sha256'][:12]}... vs {loaded.tokenizer.sha256[:12]}...)")
+        raise UserInputError(
+            f"{dataset_dir}: prepared with another tokenizer than the checkpoint's "
+            f"({manifest['tokenizer']['sha256'][:12]}... vs {loaded.tokenizer.sha256[:12]}...)"
+        )
     settings = loaded.description["evaluation"]
     val_set = PackedDataset(dataset_dir, "val")
     indices = eval_sample_indices(val_set.num_samples, settings["eval_samples"], rank=0, world=1)
@@ -78,8 +81,12 @@ def record(loaded: LoadedModel, results: dict, tracking_uri: str) -> str:
     if experiment_id is None:
         found = client.get_experiment_by_name(EXPERIMENT)
         experiment_id = found.experiment_id if found else client.create_experiment(EXPERIMENT)
-    tags = {"orchestrator.stage": "evaluate", "orchestrator.checkpoint": str(loaded.checkpoint),
-            "orchestrator.checkpoint_step": str(loaded.step), "orchestrator.tokenizer_sha256": loaded.tokenizer.sha256}
+    tags = {
+        "orchestrator.stage": "evaluate",
+        "orchestrator.checkpoint": str(loaded.checkpoint),
+        "orchestrator.checkpoint_step": str(loaded.step),
+        "orchestrator.tokenizer_sha256": loaded.tokenizer.sha256,
+    }
     if loaded.mlflow_run_id:
         tags["orchestrator.parent_run_id"] = loaded.mlflow_run_id
     run_id = client.create_run(experiment_id, run_name=f"evaluate-step{loaded.step}", tags=tags).info.run_id
@@ -89,7 +96,9 @@ def record(loaded: LoadedModel, results: dict, tracking_uri: str) -> str:
         prefix = "eval" if len(results) == 1 or name == "all" else f"eval_{number}"
         metrics += [Metric(f"{prefix}/{key}", float(value), now, loaded.step) for key, value in values.items()]
     params = [Param("checkpoint", str(loaded.checkpoint)), Param("inputs", json.dumps(list(results))[:6000])]
-    client.log_batch(run_id, metrics=metrics, params=params, tags=[RunTag("mlflow.note.content", "orchestrator.evaluate")])
+    client.log_batch(
+        run_id, metrics=metrics, params=params, tags=[RunTag("mlflow.note.content", "orchestrator.evaluate")]
+    )
     client.log_dict(run_id, results, "evaluation.json")
     client.set_terminated(run_id, "FINISHED")
     return run_id

@@ -2,6 +2,7 @@
 
 The command is `python -m orchestrator.export`; the formats are `workloads.hf_interop`.
 """
+
 from __future__ import annotations
 
 import shutil
@@ -80,8 +81,11 @@ def register(export_dir: Path, name: str, loaded: LoadedModel, tracking_uri: str
             registered_model_name=name,
             run_id=run_id,  # passed through to mlflow.models.Model.log: logs without reopening a finished run
             pip_requirements=pip_requirements(),
-            metadata={"checkpoint": str(loaded.checkpoint), "step": loaded.step,
-                      "tokenizer_sha256": loaded.tokenizer.sha256},
+            metadata={
+                "checkpoint": str(loaded.checkpoint),
+                "step": loaded.step,
+                "tokenizer_sha256": loaded.tokenizer.sha256,
+            },
         )
     finally:
         if new_run:

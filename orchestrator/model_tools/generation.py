@@ -2,6 +2,7 @@
 
 The command is `python -m orchestrator.generate`; the sampler is `workloads.generation`.
 """
+
 from __future__ import annotations
 
 import sys
@@ -40,7 +41,9 @@ def fit_prompts(prompts: list[list[int]], context: int, max_new_tokens: int, tru
                 "(--truncate-prompts keeps its last tokens)"
             )
         keep = context - min(max_new_tokens, context // 2)
-        print(f"generate: prompt {number} cut to its last {keep} of {len(ids)} tokens to fit the context of {context}",
-              file=sys.stderr)
+        print(
+            f"generate: prompt {number} cut to its last {keep} of {len(ids)} tokens to fit the context of {context}",
+            file=sys.stderr,
+        )
         fitted.append(ids[-keep:])
     return fitted

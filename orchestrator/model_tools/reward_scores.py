@@ -2,6 +2,7 @@
 
 The command is `python -m orchestrator.score_rewards`.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -14,7 +15,9 @@ from workloads.stages.datasets import sequence
 
 
 @torch.no_grad()
-def score(checkpoint: str | Path, pairs: list[tuple[str, str]], batch_size: int = 16, device: str = "cpu") -> list[float]:
+def score(
+    checkpoint: str | Path, pairs: list[tuple[str, str]], batch_size: int = 16, device: str = "cpu"
+) -> list[float]:
     """Rewards of (prompt, response) pairs; a sequence longer than the context keeps its last tokens."""
     loaded = load_checkpoint(checkpoint, device)
     if loaded.description.get("kind") != SCALAR_HEAD:

@@ -7,6 +7,7 @@ weights (vocab x d_model, a real matmul per token even when tied to the
 embedding) and the total of trainable parameters. Compute is never 6N: it is
 `training_flops_per_token` of the exact shape.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -36,8 +37,14 @@ class Size:
 
     def shape(self) -> dict[str, Any]:
         m = self.model
-        return {"n_layers": m.n_layers, "d_model": m.d_model, "n_heads": m.n_heads, "vocab_size": m.vocab_size,
-                "ffn_hidden": m.resolved_ffn_hidden, "N_head": self.N_head}
+        return {
+            "n_layers": m.n_layers,
+            "d_model": m.d_model,
+            "n_heads": m.n_heads,
+            "vocab_size": m.vocab_size,
+            "ffn_hidden": m.resolved_ffn_hidden,
+            "N_head": self.N_head,
+        }
 
     def flops_per_token(self, seq_len: int) -> int:
         return training_flops_per_token(self.model, seq_len)
@@ -45,8 +52,9 @@ class Size:
 
 def sized(base: ModelConfig, n_layers: int, d_model: int, head_dim: int) -> Size:
     """The base model config at this depth and width (n_heads = d_model / head_dim, plain multi-head attention)."""
-    model = dataclasses.replace(base, n_layers=n_layers, d_model=d_model, n_heads=d_model // head_dim, n_kv_heads=0,
-                                ffn_hidden=0)
+    model = dataclasses.replace(
+        base, n_layers=n_layers, d_model=d_model, n_heads=d_model // head_dim, n_kv_heads=0, ffn_hidden=0
+    )
     embedding = model.vocab_size * d_model
     total = count_parameters(model)
     outside_blocks = embedding * (1 if model.tie_embeddings else 2)
@@ -62,7 +70,7 @@ def size_for(target_N: float, base: ModelConfig, family: FamilyConfig) -> Size:
     Depth follows N ~ 12 n_layers d_model^2 at d_model = aspect_ratio x n_layers; the width
     is then the multiple of head_dim whose exact count is nearest (in log) to the target.
     """
-    depth = round((target_N / (12 * family.aspect_ratio ** 2)) ** (1 / 3))
+    depth = round((target_N / (12 * family.aspect_ratio**2)) ** (1 / 3))
     depth = min(MAX_LAYERS, max(1, depth))
     ideal_width = math.sqrt(target_N / (12 * depth))
     candidates = {max(1, math.floor(ideal_width / family.head_dim) + k) for k in range(-1, 3)}

@@ -17,6 +17,7 @@ Resampling is stratified by budget, so every replicate keeps every IsoFLOP curve
 which has no parabola); each replicate refits approach 3 from the point estimate
 only, which is what keeps a fit with intervals to seconds.
 """
+
 from __future__ import annotations
 
 import functools
@@ -153,8 +154,9 @@ def _isoflop_fit(points: Points, groups: list[np.ndarray]) -> IsoFlopFit | None:
             return None
         (pN, xN), (pD, xD) = fit_N, fit_D
         inside = bool(lnN.min() <= xN <= lnN.max() and lnD.min() <= xD <= lnD.max())
-        curves.append(IsoFlopCurve(float(np.median(points.C[g])), len(g), pN, pD,
-                                   float(np.exp(xN)), float(np.exp(xD)), inside))
+        curves.append(
+            IsoFlopCurve(float(np.median(points.C[g])), len(g), pN, pD, float(np.exp(xN)), float(np.exp(xD)), inside)
+        )
     lnC = np.log([c.C for c in curves])
     a, a0 = np.polyfit(lnC, np.log([c.N_opt for c in curves]), 1)
     b, b0 = np.polyfit(lnC, np.log([c.D_opt for c in curves]), 1)
@@ -166,9 +168,12 @@ def fit_isoflop(points: Points) -> IsoFlopFit:
     groups = budget_groups(points)
     fit = _isoflop_fit(points, groups)
     if fit is None:
-        flat_budgets = [f"C={np.median(points.C[g]):.3g}" for g in groups
-                        if _parabola_minimum(np.log(points.N[g]), points.loss[g]) is None
-                        or _parabola_minimum(np.log(points.D[g]), points.loss[g]) is None]
+        flat_budgets = [
+            f"C={np.median(points.C[g]):.3g}"
+            for g in groups
+            if _parabola_minimum(np.log(points.N[g]), points.loss[g]) is None
+            or _parabola_minimum(np.log(points.D[g]), points.loss[g]) is None
+        ]
         raise UserInputError(
             f"{points.source}: loss does not curve upward in log N (or log D) at budget {', '.join(flat_budgets)}: "
             "no IsoFLOP minimum (sample sizes on both sides of the optimum)"
@@ -179,8 +184,9 @@ def fit_isoflop(points: Points) -> IsoFlopFit:
 # ---------------------------------------------------------------- approach 3
 
 
-def _huber_objective(theta: np.ndarray, x: np.ndarray, y: np.ndarray, log_loss: np.ndarray,
-                     delta: float) -> tuple[float, np.ndarray]:
+def _huber_objective(
+    theta: np.ndarray, x: np.ndarray, y: np.ndarray, log_loss: np.ndarray, delta: float
+) -> tuple[float, np.ndarray]:
     """Sum of Huber(log L_pred - log L_obs) and its gradient in theta = (e, a, b, alpha, beta).
 
     x and y are ln N and ln D centred on their means (see `_centre`).
@@ -225,8 +231,10 @@ def _uncentre(theta: np.ndarray, x_mean: float, y_mean: float) -> np.ndarray:
     return np.array([e, a + alpha * x_mean, b + beta * y_mean, alpha, beta])
 
 
-def _grid_objectives(starts: np.ndarray, x: np.ndarray, y: np.ndarray, log_loss: np.ndarray, delta: float) -> np.ndarray:
-    e, a, b, alpha, beta = (starts[:, i:i + 1] for i in range(5))
+def _grid_objectives(
+    starts: np.ndarray, x: np.ndarray, y: np.ndarray, log_loss: np.ndarray, delta: float
+) -> np.ndarray:
+    e, a, b, alpha, beta = (starts[:, i : i + 1] for i in range(5))
     t1, t2 = a - alpha * x, b - beta * y  # (k, n)
     r = np.logaddexp(np.logaddexp(t1, t2), e) - log_loss
     return np.where(np.abs(r) <= delta, 0.5 * r * r, delta * (np.abs(r) - 0.5 * delta)).sum(axis=1)
@@ -247,16 +255,20 @@ def _single_blas_thread(fit):
     L-BFGS-B's 5x5 linear algebra goes through BLAS; OpenBLAS threads on matrices this
     small only wait for each other, and on a busy machine that made a fit up to 100x slower.
     """
+
     @functools.wraps(fit)
     def wrapper(*args, **kwargs):
         with threadpool_limits(limits=1, user_api="blas"):
             return fit(*args, **kwargs)
+
     return wrapper
 
 
 def _fit_law(points: Points, start: LossLaw | None = None, delta: float = HUBER_DELTA) -> LossLaw:
     if len(points) < MIN_POINTS_LAW:
-        raise UserInputError(f"{points.source}: {len(points)} points; fitting E, A, B, alpha, beta needs at least {MIN_POINTS_LAW}")
+        raise UserInputError(
+            f"{points.source}: {len(points)} points; fitting E, A, B, alpha, beta needs at least {MIN_POINTS_LAW}"
+        )
     lnN, lnD = np.log(points.N), np.log(points.D)
     x_mean, y_mean = float(lnN.mean()), float(lnD.mean())
     x, y, log_loss = lnN - x_mean, lnD - y_mean, np.log(points.loss)
@@ -267,12 +279,15 @@ def _fit_law(points: Points, start: LossLaw | None = None, delta: float = HUBER_
         starts = starts[np.argsort(_grid_objectives(starts, x, y, log_loss, delta))[:GRID_RUNS]]
     best = None
     for theta0 in starts:
-        result = minimize(_huber_objective, theta0, args=(x, y, log_loss, delta), jac=True,
-                          method="L-BFGS-B", options=LBFGS_OPTIONS)
+        result = minimize(
+            _huber_objective, theta0, args=(x, y, log_loss, delta), jac=True, method="L-BFGS-B", options=LBFGS_OPTIONS
+        )
         if np.all(np.isfinite(result.x)) and (best is None or result.fun < best.fun):
             best = result
     if best is None:
-        raise UserInputError(f"{points.source}: the fit of L = E + A/N^alpha + B/D^beta did not converge from any start")
+        raise UserInputError(
+            f"{points.source}: the fit of L = E + A/N^alpha + B/D^beta did not converge from any start"
+        )
     return _law(_uncentre(best.x, x_mean, y_mean))
 
 
@@ -321,8 +336,10 @@ class SweepFit:
 
     def parameters(self) -> dict[str, Estimate]:
         """E, A, B, alpha, beta (approach 3) and a, b (approach 2)."""
-        estimates = {name: _interval(getattr(self.law, name), [getattr(s, name) for s in self.law_samples])
-                     for name in LAW_PARAMETERS}
+        estimates = {
+            name: _interval(getattr(self.law, name), [getattr(s, name) for s in self.law_samples])
+            for name in LAW_PARAMETERS
+        }
         for name in ("a", "b"):
             estimates[name] = _interval(getattr(self.isoflop, name), [getattr(s, name) for s in self.isoflop_samples])
         return estimates

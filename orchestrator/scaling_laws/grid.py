@@ -20,6 +20,7 @@ of its compute. `both`: the cosine grid and the WSD grid, fitted side by side.
 Warmup is per size: `warmup_fraction` of the size's shortest trial, the same for
 all its trials, so that branches and independent runs warm up alike.
 """
+
 from __future__ import annotations
 
 import math
@@ -66,11 +67,27 @@ class TrialSpec:
         return float(self.size.flops_per_token(seq_len)) * self.trained_steps * tokens_per_step
 
     def describe(self) -> dict[str, Any]:
-        return {"name": self.name, "kind": self.kind, "schedule": self.schedule, "group": self.group,
-                "size": self.size.key, "N": self.size.N, "N_head": self.size.N_head, "N_total": self.size.N_total,
-                "shape": self.size.shape(), "budget": self.budget, "steps": self.steps, "D": self.D, "C": self.C,
-                "warmup": self.warmup, "epochs": self.epochs, "lr_multiplier": self.lr_multiplier,
-                "branch_of": self.branch_of, "branch_step": self.branch_step, "reuse_search": self.reuse_search}
+        return {
+            "name": self.name,
+            "kind": self.kind,
+            "schedule": self.schedule,
+            "group": self.group,
+            "size": self.size.key,
+            "N": self.size.N,
+            "N_head": self.size.N_head,
+            "N_total": self.size.N_total,
+            "shape": self.size.shape(),
+            "budget": self.budget,
+            "steps": self.steps,
+            "D": self.D,
+            "C": self.C,
+            "warmup": self.warmup,
+            "epochs": self.epochs,
+            "lr_multiplier": self.lr_multiplier,
+            "branch_of": self.branch_of,
+            "branch_step": self.branch_step,
+            "reuse_search": self.reuse_search,
+        }
 
 
 @dataclass
@@ -102,7 +119,7 @@ def ladder_sizes(C: float, tree: SweepTree, base: PretrainConfig) -> list[Size]:
     first = middle - (sweep.sizes_per_budget - 1) // 2
     sizes: dict[str, Size] = {}
     for rung in range(first, first + sweep.sizes_per_budget):
-        size = size_for(sweep.size_step ** rung, base.model, tree.family)
+        size = size_for(sweep.size_step**rung, base.model, tree.family)
         sizes.setdefault(size.key, size)
     return sorted(sizes.values(), key=lambda s: s.N)
 
@@ -131,9 +148,20 @@ def design(tree: SweepTree, base: PretrainConfig, train_tokens: int) -> Design:
 
     def spec(budget: float, size: Size, steps: int, schedule: str, prefix: str, **extra) -> TrialSpec:
         D = steps * tokens_per_step
-        return TrialSpec(name=f"{prefix}C{budget:.3g}-{size.key}", kind=GRID, schedule=schedule, size=size,
-                         budget=budget, steps=steps, D=D, C=float(size.flops_per_token(seq_len)) * D,
-                         warmup=warmups[size.key], epochs=D / train_tokens, group=schedule, **extra)
+        return TrialSpec(
+            name=f"{prefix}C{budget:.3g}-{size.key}",
+            kind=GRID,
+            schedule=schedule,
+            size=size,
+            budget=budget,
+            steps=steps,
+            D=D,
+            C=float(size.flops_per_token(seq_len)) * D,
+            warmup=warmups[size.key],
+            epochs=D / train_tokens,
+            group=schedule,
+            **extra,
+        )
 
     both = sweep.schedule == "both"
     specs: list[TrialSpec] = []
@@ -185,9 +213,20 @@ def with_lr_search(specs: list[TrialSpec], multipliers: list[float], schedule: s
         template = first or min(mine, key=lambda s: s.steps)
         names = []
         for m in multipliers:
-            search = TrialSpec(name=f"lr-{key}-x{m:g}", kind=LR_SEARCH, schedule=schedule, size=template.size,
-                               budget=template.budget, steps=template.steps, D=template.D, C=template.C,
-                               warmup=template.warmup, epochs=template.epochs, lr_multiplier=m, group="lr")
+            search = TrialSpec(
+                name=f"lr-{key}-x{m:g}",
+                kind=LR_SEARCH,
+                schedule=schedule,
+                size=template.size,
+                budget=template.budget,
+                steps=template.steps,
+                D=template.D,
+                C=template.C,
+                warmup=template.warmup,
+                epochs=template.epochs,
+                lr_multiplier=m,
+                group="lr",
+            )
             searches.append(search)
             names.append(search.name)
         for s in mine:
@@ -205,10 +244,14 @@ def grid_problems(specs: list[TrialSpec], min_steps: int, max_epochs: float) -> 
     problems = []
     for s in specs:
         if s.steps < min_steps:
-            problems.append(f"{s.name} trains {s.steps} steps (sweep.min_steps={min_steps}): raise its budget or lower the sizes")
+            problems.append(
+                f"{s.name} trains {s.steps} steps (sweep.min_steps={min_steps}): raise its budget or lower the sizes"
+            )
         if s.epochs > max_epochs:
-            problems.append(f"{s.name} needs {s.epochs:.2f} epochs of the corpus (sweep.max_epochs={max_epochs:g}): "
-                            "use a larger corpus or smaller budgets")
+            problems.append(
+                f"{s.name} needs {s.epochs:.2f} epochs of the corpus (sweep.max_epochs={max_epochs:g}): "
+                "use a larger corpus or smaller budgets"
+            )
     return problems
 
 

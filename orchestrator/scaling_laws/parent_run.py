@@ -5,6 +5,7 @@ metrics, and the trial records, report and recommended recipe as artifacts. Its
 id is kept in the sweep directory, so a re-run of the same sweep continues it. A
 tracking store that fails is a warning: the sweep's own files hold everything.
 """
+
 from __future__ import annotations
 
 import json
@@ -40,12 +41,15 @@ class ParentRun:
                 return previous
             experiment = client.get_experiment_by_name(self.experiment)
             experiment_id = experiment.experiment_id if experiment else client.create_experiment(self.experiment)
-            run = client.create_run(experiment_id, run_name=self.sweep_name,
-                                    tags={"orchestrator.stage": "sweep", "orchestrator.sweep": self.sweep_name})
+            run = client.create_run(
+                experiment_id,
+                run_name=self.sweep_name,
+                tags={"orchestrator.stage": "sweep", "orchestrator.sweep": self.sweep_name},
+            )
             self.run_id = run.info.run_id
             params = [Param(k, v[:MAX_PARAM_LENGTH]) for k, v in flatten(config).items()]
             for start in range(0, len(params), 100):
-                client.log_batch(self.run_id, params=params[start:start + 100])
+                client.log_batch(self.run_id, params=params[start : start + 100])
             self.state.write_text(json.dumps({"run_id": self.run_id, "tracking_uri": self.uri}))
         except Exception as err:  # noqa: BLE001 - the sweep goes on without its parent run
             print(f"sweep: warning: no MLflow parent run at {self.uri} ({err!s:.160})", flush=True)

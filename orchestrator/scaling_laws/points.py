@@ -13,6 +13,7 @@ The fits live in `orchestrator.scaling_laws.fit`, the report in
 `orchestrator.scaling_laws.report`. This module needs only the standard library and
 numpy, so whatever runs the sweep can write records without importing scipy.
 """
+
 from __future__ import annotations
 
 import csv
@@ -71,7 +72,7 @@ class Trial:
         return record
 
     @classmethod
-    def from_dict(cls, record: Any, where: str) -> "Trial":
+    def from_dict(cls, record: Any, where: str) -> Trial:
         """A trial from its JSON dict; `where` names it in errors (file and position)."""
         if not isinstance(record, dict):
             raise UserInputError(f"{where}: expected an object with name, N, D, ..., got {type(record).__name__}")
@@ -96,7 +97,7 @@ class Trial:
                 values[name] = _positive(record[name], f"{where}: {name}")
         if status == OK or record.get("loss") is not None:
             if record.get("loss") is None:
-                raise UserInputError(f"{where}: loss is required when status is \"ok\"")
+                raise UserInputError(f'{where}: loss is required when status is "ok"')
             values["loss"] = _positive(record["loss"], f"{where}: loss")
         if not isinstance(record.get("reason", ""), str):
             raise UserInputError(f"{where}: reason must be a string, got {record['reason']!r}")
@@ -159,18 +160,19 @@ class Points:
     """Names the input (a file) in error messages."""
 
     @classmethod
-    def from_arrays(cls, N, D, loss, C=None, source: str = "points") -> "Points":
+    def from_arrays(cls, N, D, loss, C=None, source: str = "points") -> Points:
         N, D, loss = (np.asarray(v, dtype=float) for v in (N, D, loss))
         C = 6.0 * N * D if C is None else np.asarray(C, dtype=float)
         return cls(N, D, C, loss, source)
 
     @classmethod
-    def from_trials(cls, trials: list[Trial], source: str = "trials") -> "Points":
+    def from_trials(cls, trials: list[Trial], source: str = "trials") -> Points:
         ok = [t for t in trials if t.ok]
-        return cls.from_arrays([t.N for t in ok], [t.D for t in ok], [t.loss for t in ok],
-                               [t.flops for t in ok], source)
+        return cls.from_arrays(
+            [t.N for t in ok], [t.D for t in ok], [t.loss for t in ok], [t.flops for t in ok], source
+        )
 
-    def take(self, index: np.ndarray) -> "Points":
+    def take(self, index: np.ndarray) -> Points:
         return dataclasses.replace(self, N=self.N[index], D=self.D[index], C=self.C[index], loss=self.loss[index])
 
     def __len__(self) -> int:
@@ -189,7 +191,9 @@ def write_points_csv(trials: list[Trial], path: Path) -> None:
         for t in trials:
             if t.ok:
                 # repr of a float round-trips exactly (numpy scalars are converted first)
-                writer.writerow([repr(float(v)) if v is not None else "" for v in (t.N, t.D, t.flops, t.loss, t.N_total)])
+                writer.writerow(
+                    [repr(float(v)) if v is not None else "" for v in (t.N, t.D, t.flops, t.loss, t.N_total)]
+                )
 
 
 def read_points_csv(path: Path) -> Points:

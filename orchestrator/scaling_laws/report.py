@@ -11,6 +11,7 @@ PNGs beside it; the HTML embeds them, so it can be mailed or attached alone.
 Figures are drawn with matplotlib's object API (`Figure`, never pyplot), which
 needs no display and leaves no global figure state behind.
 """
+
 from __future__ import annotations
 
 import base64
@@ -29,7 +30,15 @@ from orchestrator.scaling_laws.fit import CHINCHILLA, EPOCH, Estimate, SweepFit,
 from orchestrator.scaling_laws.points import Trial
 
 DEFAULT_TARGET_FACTOR = 10.0  # without a target, recommend for one decade beyond the largest budget
-PARAMETER_NAMES = {"E": "E", "A": "A", "B": "B", "alpha": "α", "beta": "β", "a": "a (N_opt ∝ C^a)", "b": "b (D_opt ∝ C^b)"}
+PARAMETER_NAMES = {
+    "E": "E",
+    "A": "A",
+    "B": "B",
+    "alpha": "α",
+    "beta": "β",
+    "a": "a (N_opt ∝ C^a)",
+    "b": "b (D_opt ∝ C^b)",
+}
 SCALES = {"A", "B"}  # printed to three significant digits; E and the exponents to three decimals
 
 
@@ -40,9 +49,15 @@ class ReportFiles:
     plots: list[Path]
 
 
-def write_report(sweep_dir: Path, trials: list[Trial], fits: SweepFit, out_dir: Path,
-                 target_flops: float | None = None, verify: Trial | None = None,
-                 n_label: str = "non-embedding parameters") -> ReportFiles:
+def write_report(
+    sweep_dir: Path,
+    trials: list[Trial],
+    fits: SweepFit,
+    out_dir: Path,
+    target_flops: float | None = None,
+    verify: Trial | None = None,
+    n_label: str = "non-embedding parameters",
+) -> ReportFiles:
     """Write the report of the sweep in `sweep_dir` into `out_dir` (created if missing).
 
     `trials` are all the sweep's trials, failed ones included; `fits` was fitted to the
@@ -128,10 +143,16 @@ class Document:
 
     def html(self, image_dir: Path) -> str:
         esc = html.escape
-        out = ["<!DOCTYPE html>", '<html><head><meta charset="utf-8">', f"<title>{esc(self.title)}</title>",
-               "<style>body{font-family:sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}"
-               "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #bbb;padding:.3em .6em;text-align:left}"
-               "th{background:#eee}img{max-width:100%}</style>", "</head><body>", f"<h1>{esc(self.title)}</h1>"]
+        out = [
+            "<!DOCTYPE html>",
+            '<html><head><meta charset="utf-8">',
+            f"<title>{esc(self.title)}</title>",
+            "<style>body{font-family:sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}"
+            "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #bbb;padding:.3em .6em;text-align:left}"
+            "th{background:#eee}img{max-width:100%}</style>",
+            "</head><body>",
+            f"<h1>{esc(self.title)}</h1>",
+        ]
         for kind, *body in self.blocks:
             if kind == "heading":
                 out.append(f"<h2>{esc(body[0])}</h2>")
@@ -144,14 +165,24 @@ class Document:
                 out.append("</table>")
             elif kind == "image":
                 data = base64.b64encode((image_dir / body[0]).read_bytes()).decode("ascii")
-                out.append(f'<figure><img src="data:image/png;base64,{data}" alt="{esc(body[1])}">'
-                           f"<figcaption>{esc(body[1])}</figcaption></figure>")
+                out.append(
+                    f'<figure><img src="data:image/png;base64,{data}" alt="{esc(body[1])}">'
+                    f"<figcaption>{esc(body[1])}</figcaption></figure>"
+                )
         out.append("</body></html>")
         return "\n".join(out) + "\n"
 
 
-def _document(sweep_dir: Path, trials: list[Trial], fits: SweepFit, target: float, default_target: bool,
-              verify: Trial | None, n_label: str, plots: set[str]) -> Document:
+def _document(
+    sweep_dir: Path,
+    trials: list[Trial],
+    fits: SweepFit,
+    target: float,
+    default_target: bool,
+    verify: Trial | None,
+    n_label: str,
+    plots: set[str],
+) -> Document:
     failed = [t for t in trials if not t.ok]
     curves = fits.isoflop.curves
     doc = Document(f"Scaling-law sweep: {sweep_dir.name}")
@@ -165,11 +196,16 @@ def _document(sweep_dir: Path, trials: list[Trial], fits: SweepFit, target: floa
     _parameters(doc, fits)
     _isoflop_curves(doc, fits, n_label)
     doc.heading("Loss against compute")
-    doc.image("frontier.png", "Every fitted trial's loss against its compute, the frontier (best loss at or below each budget) "
-                              "and approach 3's compute-optimal loss")
+    doc.image(
+        "frontier.png",
+        "Every fitted trial's loss against its compute, the frontier (best loss at or below each budget) "
+        "and approach 3's compute-optimal loss",
+    )
     doc.heading("Fit quality (approach 3)")
-    doc.paragraph(f"Relative error of the fitted law on the fitted points: median {np.median(_residuals(fits)):.2%}, "
-                  f"largest {_residuals(fits).max():.2%}.")
+    doc.paragraph(
+        f"Relative error of the fitted law on the fitted points: median {np.median(_residuals(fits)):.2%}, "
+        f"largest {_residuals(fits).max():.2%}."
+    )
     doc.image("fit_vs_observed.png", "Approach 3's predicted loss against the observed loss")
     doc.heading("Training curves")
     if "curves.png" in plots:
@@ -178,9 +214,13 @@ def _document(sweep_dir: Path, trials: list[Trial], fits: SweepFit, target: floa
         doc.paragraph("No trial recorded a training curve.")
     doc.heading("Failed trials")
     if failed:
-        doc.table(["trial", f"N ({n_label})", "D (tokens)", "C (FLOPs)", "status", "reason"],
-                  [[t.name, _num(t.N), _num(t.D), _num(t.flops), t.status, t.reason or "(no reason recorded)"]
-                   for t in failed])
+        doc.table(
+            ["trial", f"N ({n_label})", "D (tokens)", "C (FLOPs)", "status", "reason"],
+            [
+                [t.name, _num(t.N), _num(t.D), _num(t.flops), t.status, t.reason or "(no reason recorded)"]
+                for t in failed
+            ],
+        )
     else:
         doc.paragraph("None.")
     if verify is not None:
@@ -199,24 +239,34 @@ def _recommendation(doc: Document, fits: SweepFit, target: float, default_target
     loss = fits.predict(N_opt.value, D_opt.value)
     law_N, law_D = fits.law_allocation(target)
     reach = target / fits.isoflop.curves[-1].C
-    where = (f"the default target, {DEFAULT_TARGET_FACTOR:g}x the largest budget swept" if default_target
-             else "the requested target")
+    where = (
+        f"the default target, {DEFAULT_TARGET_FACTOR:g}x the largest budget swept"
+        if default_target
+        else "the requested target"
+    )
     doc.paragraph(
         f"C = {_num(target)} is {where}"
-        + (f"; it extrapolates {_num(reach)}x beyond the largest budget, so treat the intervals as optimistic."
-           if reach > 1.05 else ".")
+        + (
+            f"; it extrapolates {_num(reach)}x beyond the largest budget, so treat the intervals as optimistic."
+            if reach > 1.05
+            else "."
+        )
         + f" Train a model of N_opt {n_label} on D_opt tokens (approach 2, IsoFLOP minima);"
-        " approach 3's loss law predicts the loss there (its interval covers the law's parameters, not trial-to-trial noise)."
+        " approach 3's loss law predicts the loss there (its interval covers the law's parameters,"
+        " not trial-to-trial noise)."
     )
     loss_fmt = lambda v: f"{v:.4f}"  # noqa: E731
-    doc.table(["quantity", "estimate", "95% interval"], [
-        [f"N_opt ({n_label}), approach 2", _num(N_opt.value), _ci(N_opt)],
-        ["D_opt (tokens), approach 2", _num(D_opt.value), _ci(D_opt)],
-        ["tokens per parameter D_opt / N_opt", f"{D_opt.value / N_opt.value:.1f}", ""],
-        ["predicted loss at (N_opt, D_opt), approach 3", loss_fmt(loss.value), _ci(loss, loss_fmt)],
-        ["for comparison: approach 3's optimum N at C = 6ND", _num(law_N.value), _ci(law_N)],
-        ["for comparison: approach 3's optimum D at C = 6ND", _num(law_D.value), _ci(law_D)],
-    ])
+    doc.table(
+        ["quantity", "estimate", "95% interval"],
+        [
+            [f"N_opt ({n_label}), approach 2", _num(N_opt.value), _ci(N_opt)],
+            ["D_opt (tokens), approach 2", _num(D_opt.value), _ci(D_opt)],
+            ["tokens per parameter D_opt / N_opt", f"{D_opt.value / N_opt.value:.1f}", ""],
+            ["predicted loss at (N_opt, D_opt), approach 3", loss_fmt(loss.value), _ci(loss, loss_fmt)],
+            ["for comparison: approach 3's optimum N at C = 6ND", _num(law_N.value), _ci(law_N)],
+            ["for comparison: approach 3's optimum D at C = 6ND", _num(law_D.value), _ci(law_D)],
+        ],
+    )
 
 
 def _parameters(doc: Document, fits: SweepFit) -> None:
@@ -227,32 +277,66 @@ def _parameters(doc: Document, fits: SweepFit) -> None:
         "Their a and b are the ones their laws imply, β/(α+β) and α/(α+β)."
     )
     estimates = fits.parameters()
-    published = [{**{k: getattr(law, k) for k in ("E", "A", "B", "alpha", "beta")},
-                  "a": law.exponents[0], "b": law.exponents[1]} for law in (CHINCHILLA, EPOCH)]
+    published = [
+        {**{k: getattr(law, k) for k in ("E", "A", "B", "alpha", "beta")}, "a": law.exponents[0], "b": law.exponents[1]}
+        for law in (CHINCHILLA, EPOCH)
+    ]
     rows = []
     for key, label in PARAMETER_NAMES.items():
         fmt = _num if key in SCALES else (lambda v: f"{v:.3f}")
         rows.append([label, fmt(estimates[key].value), _ci(estimates[key], fmt), *(fmt(p[key]) for p in published)])
-    doc.table(["parameter", "this sweep", "95% interval", "Chinchilla (Hoffmann et al. 2022)",
-               "Epoch AI (Besiroglu et al. 2024)"], rows)
+    doc.table(
+        [
+            "parameter",
+            "this sweep",
+            "95% interval",
+            "Chinchilla (Hoffmann et al. 2022)",
+            "Epoch AI (Besiroglu et al. 2024)",
+        ],
+        rows,
+    )
 
 
 def _isoflop_curves(doc: Document, fits: SweepFit, n_label: str) -> None:
     doc.heading("IsoFLOP curves (approach 2)")
-    doc.table(["budget C (FLOPs)", "trials", f"N_opt ({n_label})", "D_opt (tokens)", "D_opt / N_opt",
-               "loss at the minimum", "minimum inside the sizes tried"],
-              [[_num(c.C), str(c.n_points), _num(c.N_opt), _num(c.D_opt), f"{c.D_opt / c.N_opt:.1f}",
+    doc.table(
+        [
+            "budget C (FLOPs)",
+            "trials",
+            f"N_opt ({n_label})",
+            "D_opt (tokens)",
+            "D_opt / N_opt",
+            "loss at the minimum",
+            "minimum inside the sizes tried",
+        ],
+        [
+            [
+                _num(c.C),
+                str(c.n_points),
+                _num(c.N_opt),
+                _num(c.D_opt),
+                f"{c.D_opt / c.N_opt:.1f}",
                 f"{np.polyval(c.parabola_N, math.log(c.N_opt)):.4f}",
-                "yes" if c.inside else "no: the sweep should extend its sizes"] for c in fits.isoflop.curves])
-    doc.image("isoflop.png", "Loss against N and against D per budget, with each budget's fitted parabola and its minimum")
-    doc.image("allocation.png", "N_opt(C) and D_opt(C): IsoFLOP minima, the fitted power law with its 95% band, "
-                                "approach 3's optimum")
+                "yes" if c.inside else "no: the sweep should extend its sizes",
+            ]
+            for c in fits.isoflop.curves
+        ],
+    )
+    doc.image(
+        "isoflop.png", "Loss against N and against D per budget, with each budget's fitted parabola and its minimum"
+    )
+    doc.image(
+        "allocation.png",
+        "N_opt(C) and D_opt(C): IsoFLOP minima, the fitted power law with its 95% band, approach 3's optimum",
+    )
 
 
 def _verification(doc: Document, fits: SweepFit, verify: Trial, n_label: str) -> None:
     doc.heading(f"Verification run: {verify.name}")
     if not verify.ok:
-        doc.paragraph(f"The verification run did not finish: {verify.status}: {verify.reason or '(no reason recorded)'}.")
+        doc.paragraph(
+            f"The verification run did not finish: {verify.status}: {verify.reason or '(no reason recorded)'}."
+        )
         return
     prediction = fits.predict(verify.N, verify.D)
     error = prediction.value / verify.loss - 1
@@ -263,10 +347,30 @@ def _verification(doc: Document, fits: SweepFit, verify: Trial, n_label: str) ->
         f"(median {np.median(_residuals(fits)):.2%})."
     )
     loss_fmt = lambda v: f"{v:.4f}"  # noqa: E731
-    doc.table([f"N ({n_label})", "D (tokens)", "C (FLOPs)", "measured loss", "predicted loss (approach 3)",
-               "95% interval", "relative error (predicted / measured - 1)", "measured inside the interval"],
-              [[_num(verify.N), _num(verify.D), _num(verify.flops), loss_fmt(verify.loss), loss_fmt(prediction.value),
-                _ci(prediction, loss_fmt), f"{error:+.2%}", "yes" if inside else "no"]])
+    doc.table(
+        [
+            f"N ({n_label})",
+            "D (tokens)",
+            "C (FLOPs)",
+            "measured loss",
+            "predicted loss (approach 3)",
+            "95% interval",
+            "relative error (predicted / measured - 1)",
+            "measured inside the interval",
+        ],
+        [
+            [
+                _num(verify.N),
+                _num(verify.D),
+                _num(verify.flops),
+                loss_fmt(verify.loss),
+                loss_fmt(prediction.value),
+                _ci(prediction, loss_fmt),
+                f"{error:+.2%}",
+                "yes" if inside else "no",
+            ]
+        ],
+    )
 
 
 # ---------------------------------------------------------------- plots
@@ -301,8 +405,15 @@ def _plot_isoflop(fits: SweepFit, colours: _BudgetColours) -> Figure:
             x = np.linspace(lo, hi, 200)
             ax.plot(np.exp(x), np.polyval(getattr(curve, parabola), x), color=colour, lw=1.2)
             best = getattr(curve, optimum)
-            ax.scatter([best], [np.polyval(getattr(curve, parabola), math.log(best))], marker="*", s=160,
-                       color=colour, edgecolor="black", zorder=3)
+            ax.scatter(
+                [best],
+                [np.polyval(getattr(curve, parabola), math.log(best))],
+                marker="*",
+                s=160,
+                color=colour,
+                edgecolor="black",
+                zorder=3,
+            )
         ax.set_xscale("log")
         ax.set_xlabel(label)
         ax.grid(alpha=0.3, which="both")
@@ -321,17 +432,32 @@ def _plot_frontier(fits: SweepFit, colours: _BudgetColours, target: float) -> Fi
     order = np.lexsort((loss, C))  # by C, and within one C lowest loss first
     best_before = np.concatenate([[np.inf], np.minimum.accumulate(loss[order])[:-1]])
     frontier = order[loss[order] < best_before]  # trials no cheaper trial beats
-    ax.step(np.append(C[frontier], C.max()), np.append(loss[frontier], loss[frontier][-1]), where="post",
-            color="black", lw=1.5, marker="o", markevery=list(range(len(frontier))), mfc="none",
-            label="frontier (best loss at or below C)")
+    ax.step(
+        np.append(C[frontier], C.max()),
+        np.append(loss[frontier], loss[frontier][-1]),
+        where="post",
+        color="black",
+        lw=1.5,
+        marker="o",
+        markevery=list(range(len(frontier))),
+        mfc="none",
+        label="frontier (best loss at or below C)",
+    )
     grid = np.geomspace(C.min() / 2, max(target, C.max()) * 1.5, 200)
     N_opt, D_opt = fits.law.optimal_allocation(grid)
     ax.plot(grid, fits.law.loss(N_opt, D_opt), "--", color="tab:red", label="approach 3: compute-optimal loss")
     N_t, D_t = fits.allocation(target)
     predicted = fits.predict(N_t.value, D_t.value)
     if predicted.ci is not None:
-        ax.errorbar([target], [predicted.value], yerr=[[predicted.value - predicted.ci[0]], [predicted.ci[1] - predicted.value]],
-                    fmt="D", color="tab:red", capsize=4, label="prediction at the target (approach 2's N, D)")
+        ax.errorbar(
+            [target],
+            [predicted.value],
+            yerr=[[predicted.value - predicted.ci[0]], [predicted.ci[1] - predicted.value]],
+            fmt="D",
+            color="tab:red",
+            capsize=4,
+            label="prediction at the target (approach 2's N, D)",
+        )
     else:
         ax.scatter([target], [predicted.value], marker="D", color="tab:red", label="prediction at the target")
     ax.set_xscale("log")
@@ -352,19 +478,25 @@ def _plot_allocation(fits: SweepFit, colours: _BudgetColours, target: float, n_l
     law = fits.law.optimal_allocation(grid)
     bands = np.array([s.optimal_allocation(grid) for s in fits.isoflop_samples])  # (K, 2, len(grid))
     target_estimates = fits.allocation(target)
-    for i, (ax, name, exponent, unit) in enumerate((
-        (panels[0], "N_opt", fits.isoflop.a, n_label),
-        (panels[1], "D_opt", fits.isoflop.b, "tokens"),
-    )):
+    for i, (ax, name, exponent, unit) in enumerate(
+        (
+            (panels[0], "N_opt", fits.isoflop.a, n_label),
+            (panels[1], "D_opt", fits.isoflop.b, "tokens"),
+        )
+    ):
         minima = [getattr(c, name) for c in fits.isoflop.curves]
-        ax.scatter(budgets, minima, color=[colours(c) for c in budgets], edgecolor="black", zorder=3, label="IsoFLOP minima")
+        ax.scatter(
+            budgets, minima, color=[colours(c) for c in budgets], edgecolor="black", zorder=3, label="IsoFLOP minima"
+        )
         ax.plot(grid, fitted[i], color="black", label=f"approach 2: {name} ∝ C^{exponent:.3f}")
         if len(bands):
             lo, hi = np.percentile(bands[:, i, :], [2.5, 97.5], axis=0)
             ax.fill_between(grid, lo, hi, color="gray", alpha=0.3, label="95% bootstrap band")
         ax.plot(grid, law[i], ":", color="tab:red", label="approach 3's optimum")
         estimate = target_estimates[i]
-        ax.scatter([target], [estimate.value], marker="D", color="tab:blue", zorder=3, label=f"target C = {_num(target)}")
+        ax.scatter(
+            [target], [estimate.value], marker="D", color="tab:blue", zorder=3, label=f"target C = {_num(target)}"
+        )
         ax.set_xscale("log")
         ax.set_yscale("log")
         ax.set_xlabel("compute C (FLOPs)")
@@ -399,7 +531,11 @@ def _plot_curves(trials: list[Trial], colours: _BudgetColours) -> Figure:
     for t in trials:
         if t.curve:
             tokens, loss = np.array(t.curve).T  # (2, points)
-            style = {"color": colours(t.flops), "alpha": 0.8} if t.ok else {"color": "gray", "ls": "--", "label": "failed trial"}
+            style = (
+                {"color": colours(t.flops), "alpha": 0.8}
+                if t.ok
+                else {"color": "gray", "ls": "--", "label": "failed trial"}
+            )
             ax.plot(tokens, loss, lw=0.9, **style)
     ax.set_xscale("log")
     ax.set_xlabel("tokens seen")

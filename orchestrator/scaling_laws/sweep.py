@@ -13,6 +13,7 @@ Layout: <output_dir>/datasets/ (the dataset), <output_dir>/<name>/ (the sweep:
 base.yaml, trials.json, points.csv, sweep.json, recommended.yaml, report/, tune/,
 and trials/<trial>/, each trial's pretrain run directory).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -47,8 +48,10 @@ from orchestrator.stages.pretrain import PretrainConfig, resolve_dataset
 from orchestrator.stages.pretrain import parse_cli as parse_pretrain
 from workloads.errors import UserInputError
 
-SUMMARY = ("Scaling-law sweep: an IsoFLOP grid of real pretrain runs launched by Ray Tune, fitted and reported.\n"
-           "--dry-run     print the designed grid and an estimated wall time; train nothing")
+SUMMARY = (
+    "Scaling-law sweep: an IsoFLOP grid of real pretrain runs launched by Ray Tune, fitted and reported.\n"
+    "--dry-run     print the designed grid and an estimated wall time; train nothing"
+)
 TRIALS_DIR = "trials"
 BASE_FILE = "base.yaml"
 RECOMMENDED_FILE = "recommended.yaml"
@@ -60,8 +63,15 @@ def parse_cli(argv: list[str] | None) -> tuple[SweepTree, bool]:
     args = list(sys.argv[1:] if argv is None else argv)
     dry_run = "--dry-run" in args
     args = [a for a in args if a != "--dry-run"]
-    tree = parse_tree(SweepTree, args, "orchestrator.sweep", SUMMARY, default_recipe="cpu",
-                      recipe_dir=RECIPE_DIR / "sweep", resolve=check_base)
+    tree = parse_tree(
+        SweepTree,
+        args,
+        "orchestrator.sweep",
+        SUMMARY,
+        default_recipe="cpu",
+        recipe_dir=RECIPE_DIR / "sweep",
+        resolve=check_base,
+    )
     return tree, dry_run
 
 
@@ -114,13 +124,22 @@ class Sweep:
 
     def overrides(self, spec: TrialSpec, multiplier: float) -> list[str]:
         m, sweep = spec.size.model, self.tree.sweep
-        argv = [f"--run.name={spec.name}", f"--model.n_layers={m.n_layers}", f"--model.d_model={m.d_model}",
-                f"--model.n_heads={m.n_heads}", "--model.n_kv_heads=0", "--model.ffn_hidden=0",
-                f"--train.max_steps={spec.steps}", "--train.halt_at_step=0", f"--train.lr={self.lr(spec, multiplier)!r}",
-                f"--train.warmup_steps={spec.warmup}", f"--train.schedule={spec.schedule}",
-                f"--train.decay_fraction={sweep.cooldown_fraction!r}",
-                f"--train.eval_interval={max(1, spec.steps // sweep.evals_per_trial)}",
-                f"--run.checkpoint_steps={sorted(spec.checkpoint_steps)}"]
+        argv = [
+            f"--run.name={spec.name}",
+            f"--model.n_layers={m.n_layers}",
+            f"--model.d_model={m.d_model}",
+            f"--model.n_heads={m.n_heads}",
+            "--model.n_kv_heads=0",
+            "--model.ffn_hidden=0",
+            f"--train.max_steps={spec.steps}",
+            "--train.halt_at_step=0",
+            f"--train.lr={self.lr(spec, multiplier)!r}",
+            f"--train.warmup_steps={spec.warmup}",
+            f"--train.schedule={spec.schedule}",
+            f"--train.decay_fraction={sweep.cooldown_fraction!r}",
+            f"--train.eval_interval={max(1, spec.steps // sweep.evals_per_trial)}",
+            f"--run.checkpoint_steps={sorted(spec.checkpoint_steps)}",
+        ]
         if spec.checkpoint_steps:  # Ray's retention of the newest K must not take the branch points
             argv.append("--train.keep_checkpoints=0")
         return argv
@@ -133,26 +152,51 @@ class Sweep:
         cfg = parse_pretrain(argv)  # refuse here what the trial would refuse
         lr = self.lr(spec, multiplier)
         size = spec.size
-        tags = {"orchestrator.sweep": self.tree.run.name, "sweep.trial": spec.name, "sweep.kind": spec.kind,
-                "sweep.N": str(size.N), "sweep.N_head": str(size.N_head), "sweep.N_total": str(size.N_total),
-                "sweep.D": str(spec.D), "sweep.C": repr(spec.C), "sweep.shape": json.dumps(size.shape()),
-                "sweep.lr": repr(lr), "sweep.epochs": f"{spec.epochs:.4f}", "sweep.schedule": spec.schedule,
-                "sweep.branch_from": str(origin or "")}
+        tags = {
+            "orchestrator.sweep": self.tree.run.name,
+            "sweep.trial": spec.name,
+            "sweep.kind": spec.kind,
+            "sweep.N": str(size.N),
+            "sweep.N_head": str(size.N_head),
+            "sweep.N_total": str(size.N_total),
+            "sweep.D": str(spec.D),
+            "sweep.C": repr(spec.C),
+            "sweep.shape": json.dumps(size.shape()),
+            "sweep.lr": repr(lr),
+            "sweep.epochs": f"{spec.epochs:.4f}",
+            "sweep.schedule": spec.schedule,
+            "sweep.branch_from": str(origin or ""),
+        }
         if self.parent_id:
             tags["mlflow.parentRunId"] = self.parent_id
-        record = {**spec.describe(), "lr": lr, "lr_multiplier": multiplier, "argv": argv,  # argv: the run, to repeat it
-                  "trained_flops": spec.trained_flops(self.design.tokens_per_step, self.design.seq_len)}
+        record = {
+            **spec.describe(),
+            "lr": lr,
+            "lr_multiplier": multiplier,
+            "argv": argv,  # argv: the run, to repeat it
+            "trained_flops": spec.trained_flops(self.design.tokens_per_step, self.design.seq_len),
+        }
         cpus = cfg.scaling.num_workers * worker_threads(cfg.scaling.cpus_per_worker)
-        return {"name": spec.name, "argv": argv, "run_dir": str(self.trials_dir / spec.name), "tags": tags,
-                "record": record, "tokens_per_step": self.design.tokens_per_step, "cpus": cpus,
-                "origin_run_dir": str(self.trials_dir / spec.branch_of) if origin else "", "branch_step": spec.branch_step}
+        return {
+            "name": spec.name,
+            "argv": argv,
+            "run_dir": str(self.trials_dir / spec.name),
+            "tags": tags,
+            "record": record,
+            "tokens_per_step": self.design.tokens_per_step,
+            "cpus": cpus,
+            "origin_run_dir": str(self.trials_dir / spec.branch_of) if origin else "",
+            "branch_step": spec.branch_step,
+        }
 
     def on_record(self, name: str, record: dict[str, Any]) -> None:
         self.records[name] = record
         done = sum(1 for r in self.records.values() if is_finished(r))
         total = max(len(self.design.specs), len(self.records))
         loss = record.get("loss")
-        shown = f"final loss {loss:.4f}" if isinstance(loss, float) and math.isfinite(loss) else record.get("reason", "")
+        shown = (
+            f"final loss {loss:.4f}" if isinstance(loss, float) and math.isfinite(loss) else record.get("reason", "")
+        )
         print(f"sweep: {name}: {record['status']} | {shown} | {done}/{total} trials finished", flush=True)
 
     # -- the phases ---------------------------------------------------------------------
@@ -160,7 +204,8 @@ class Sweep:
         self.sweep_dir.mkdir(parents=True, exist_ok=True)
         self.base_file.write_text(
             "# The pretrain config every trial of this sweep starts from (paths resolved, dataset prepared).\n"
-            + yaml.safe_dump(to_dict(self.base), sort_keys=False))
+            + yaml.safe_dump(to_dict(self.base), sort_keys=False)
+        )
 
     def train_grid(self, slots: int) -> None:
         specs = self.design.by_name()
@@ -169,9 +214,14 @@ class Sweep:
             if record is not None:
                 self.records[name] = record
         todo = [n for n in specs if not is_finished(self.records.get(n))]
-        print(f"sweep: {len(specs) - len(todo)} of {len(specs)} trials already finished; training {len(todo)} "
-              f"({slots} at a time)", flush=True)
-        run_trials(Plan(specs, self.trials_dir, self.launch, self.on_record), todo, slots, self.sweep_dir / "tune", "grid")
+        print(
+            f"sweep: {len(specs) - len(todo)} of {len(specs)} trials already finished; training {len(todo)} "
+            f"({slots} at a time)",
+            flush=True,
+        )
+        run_trials(
+            Plan(specs, self.trials_dir, self.launch, self.on_record), todo, slots, self.sweep_dir / "tune", "grid"
+        )
 
     def sized_spec(self, name: str, kind: str, C: float, N_target: float) -> TrialSpec:
         """An independent run of the family's size nearest N_target on budget C (the recommendation, the verify run)."""
@@ -180,15 +230,27 @@ class Sweep:
         steps = max(1, round(C / (size.flops_per_token(seq_len) * tps)))
         D = steps * tps
         schedule = WSD if self.tree.sweep.schedule == WSD else "cosine"
-        return TrialSpec(name=name, kind=kind, schedule=schedule, size=size, budget=C, steps=steps, D=D,
-                         C=float(size.flops_per_token(seq_len)) * D, warmup=round(self.tree.sweep.warmup_fraction * steps),
-                         epochs=D / self.design.train_tokens, group=kind)
+        return TrialSpec(
+            name=name,
+            kind=kind,
+            schedule=schedule,
+            size=size,
+            budget=C,
+            steps=steps,
+            D=D,
+            C=float(size.flops_per_token(seq_len)) * D,
+            warmup=round(self.tree.sweep.warmup_fraction * steps),
+            epochs=D / self.design.train_tokens,
+            group=kind,
+        )
 
     def chosen_multipliers(self) -> dict[str, float]:
         """{size: the learning-rate multiplier its grid trials trained with} after a search (empty without one)."""
         if not self.tree.sweep.tune_lr:
             return {}
-        return {r["size"]: r["lr_multiplier"] for r in self.records.values() if r["kind"] == GRID and r.get("lr_multiplier")}
+        return {
+            r["size"]: r["lr_multiplier"] for r in self.records.values() if r["kind"] == GRID and r.get("lr_multiplier")
+        }
 
     def multiplier_for(self, size: Size) -> float:
         """The chosen multiplier of the nearest searched size (1 without a search)."""
@@ -201,8 +263,13 @@ class Sweep:
 
     def write_recipe(self, spec: TrialSpec, path: Path, note: str) -> None:
         """A pretrain recipe (the full resolved config) that `orchestrator.pretrain --config FILE` runs."""
-        argv = ["--config", str(self.base_file), *self.overrides(spec, self.multiplier_for(spec.size)),
-                f"--run.output_dir={absolute(self.tree.run.output_dir)}", "--run.checkpoint_steps=[]"]
+        argv = [
+            "--config",
+            str(self.base_file),
+            *self.overrides(spec, self.multiplier_for(spec.size)),
+            f"--run.output_dir={absolute(self.tree.run.output_dir)}",
+            "--run.checkpoint_steps=[]",
+        ]
         cfg = parse_pretrain(argv)
         path.write_text(f"# {note}\n" + yaml.safe_dump(to_dict(cfg), sort_keys=False))
 
@@ -218,8 +285,10 @@ def run(tree: SweepTree, dry_run: bool = False) -> None:
     cluster = ray.cluster_resources()
     slots = tree.sweep.max_concurrent or trial_slots(base, cluster)
     if slots < 1:
-        raise UserInputError(f"scaling: a trial needs {base.scaling.num_workers} worker(s) x {base.scaling.cpus_per_worker:g} "
-                             f"CPUs + {TRAINABLE_CPUS} for its Tune trainable; the cluster has {cluster.get('CPU', 0):g} CPUs")
+        raise UserInputError(
+            f"scaling: a trial needs {base.scaling.num_workers} worker(s) x {base.scaling.cpus_per_worker:g} "
+            f"CPUs + {TRAINABLE_CPUS} for its Tune trainable; the cluster has {cluster.get('CPU', 0):g} CPUs"
+        )
     sweep.write_base()
     if dry_run:
         print_grid(sweep, slots)
@@ -229,9 +298,11 @@ def run(tree: SweepTree, dry_run: bool = False) -> None:
         step_s = measured_step_seconds(sweep)
         print("sweep: seconds per step measured here: " + ", ".join(f"{k} {v:.3f}" for k, v in step_s.items()))
         seconds, launch = estimate_wall(sweep, slots, step_s)
-        print(f"sweep: estimated wall time {seconds / 60:.1f} min for the grid ({launch:.0f} s per launch"
-              f"{' assumed' if launch == LAUNCH_S_ASSUMED else ' measured'}; step times measured here), "
-              "plus the verification run")
+        print(
+            f"sweep: estimated wall time {seconds / 60:.1f} min for the grid ({launch:.0f} s per launch"
+            f"{' assumed' if launch == LAUNCH_S_ASSUMED else ' measured'}; step times measured here), "
+            "plus the verification run"
+        )
         return
     if sweep.design.problems:
         more = f" (and {len(sweep.design.problems) - 1} more; see --dry-run)" if len(sweep.design.problems) > 1 else ""
@@ -260,16 +331,16 @@ def run_sweep(sweep: Sweep, slots: int, cluster: dict[str, float]) -> None:
     started = time.time()
     sweep.train_grid(slots)
     trial_wall = time.time() - started
-    groups = summaries.write_trial_files(sweep.sweep_dir, tree.sweep.schedule,
-                                         {n: r for n, r in sweep.records.items()})
+    groups = summaries.write_trial_files(sweep.sweep_dir, tree.sweep.schedule, {n: r for n, r in sweep.records.items()})
     primary = groups[next(iter(groups))]
     write_points_csv(primary, sweep.sweep_dir / "points.csv")
 
     metrics: dict[str, float] = {}
     fit_error, fits = "", None
     try:
-        fits = fit_sweep(Points.from_trials(primary, source=str(sweep.sweep_dir / "trials.json")),
-                         bootstrap=tree.sweep.bootstrap)
+        fits = fit_sweep(
+            Points.from_trials(primary, source=str(sweep.sweep_dir / "trials.json")), bootstrap=tree.sweep.bootstrap
+        )
     except UserInputError as err:
         fit_error = str(err)
         print(f"sweep: no fit: {fit_error}", flush=True)
@@ -278,9 +349,12 @@ def run_sweep(sweep: Sweep, slots: int, cluster: dict[str, float]) -> None:
         largest = fits.isoflop.curves[-1].C
         target = tree.sweep.target_flops or 10 * largest
         recommended = sweep.sized_spec(f"recommended-C{target:.3g}", VERIFY, target, fits.allocation(target)[0].value)
-        sweep.write_recipe(recommended, sweep.sweep_dir / RECOMMENDED_FILE,
-                           f"Recommended by sweep {tree.run.name} for C = {target:.3g} FLOPs: N = {recommended.size.N:,} "
-                           f"non-embedding parameters, D = {recommended.D:,} tokens (approach 2's N_opt, nearest family shape)")
+        sweep.write_recipe(
+            recommended,
+            sweep.sweep_dir / RECOMMENDED_FILE,
+            f"Recommended by sweep {tree.run.name} for C = {target:.3g} FLOPs: N = {recommended.size.N:,} "
+            f"non-embedding parameters, D = {recommended.D:,} tokens (approach 2's N_opt, nearest family shape)",
+        )
         print(f"sweep: recommended config for C = {target:.3g}: {sweep.sweep_dir / RECOMMENDED_FILE}", flush=True)
         metrics.update(fit_metrics(fits, target))
         if tree.sweep.verify:
@@ -291,32 +365,60 @@ def run_sweep(sweep: Sweep, slots: int, cluster: dict[str, float]) -> None:
                 trial = as_trial(verify_record)
                 (sweep.sweep_dir / VERIFY_FILE).write_text(json.dumps(trial.to_dict(), indent=1) + "\n")
                 predicted = fits.predict(trial.N, trial.D).value
-                metrics.update({"verify/measured_loss": trial.loss, "verify/predicted_loss": predicted,
-                                "verify/relative_error": predicted / trial.loss - 1})
-                print(f"sweep: verification {trial.name}: measured {trial.loss:.4f}, predicted {predicted:.4f}, "
-                      f"relative error {predicted / trial.loss - 1:+.2%}", flush=True)
+                metrics.update(
+                    {
+                        "verify/measured_loss": trial.loss,
+                        "verify/predicted_loss": predicted,
+                        "verify/relative_error": predicted / trial.loss - 1,
+                    }
+                )
+                print(
+                    f"sweep: verification {trial.name}: measured {trial.loss:.4f}, predicted {predicted:.4f}, "
+                    f"relative error {predicted / trial.loss - 1:+.2%}",
+                    flush=True,
+                )
 
     records = list(sweep.records.values())  # the verification run's among them (Plan reports every record)
     summary = sweep_summary(sweep, records, started, trial_wall, cluster)
     summaries.write_summary(sweep.sweep_dir, summary)
-    metrics.update({"sweep/utilization": summary["utilization"]["utilization"],
-                    "sweep/launch_share": summary["utilization"]["launch_share"],
-                    "sweep/trial_wall_s": trial_wall})
+    metrics.update(
+        {
+            "sweep/utilization": summary["utilization"]["utilization"],
+            "sweep/launch_share": summary["utilization"]["launch_share"],
+            "sweep/trial_wall_s": trial_wall,
+        }
+    )
     for group, totals in summary["compute"].items():
         metrics[f"compute/{group}_trained_flops"] = totals["trained_flops"]
         metrics[f"compute/{group}_independent_flops"] = totals["independent_flops"]
     report_files = None
     if fits is not None:
-        report_files = report_sweep(sweep.sweep_dir, tree.sweep.target_flops or None, summaries.N_LABEL,
-                                    tree.sweep.bootstrap, fits=fits)  # the fit just made, not a second one
+        report_files = report_sweep(
+            sweep.sweep_dir, tree.sweep.target_flops or None, summaries.N_LABEL, tree.sweep.bootstrap, fits=fits
+        )  # the fit just made, not a second one
         print(f"sweep: report {report_files.markdown}", flush=True)
-    artifacts = [sweep.sweep_dir / name for name in
-                 ("trials.json", "trials-wsd.json", summaries.LR_SEARCH_FILE, VERIFY_FILE, summaries.SUMMARY_FILE,
-                  "points.csv", RECOMMENDED_FILE, VERIFY_RECIPE, BASE_FILE, "report")]
+    artifacts = [
+        sweep.sweep_dir / name
+        for name in (
+            "trials.json",
+            "trials-wsd.json",
+            summaries.LR_SEARCH_FILE,
+            VERIFY_FILE,
+            summaries.SUMMARY_FILE,
+            "points.csv",
+            RECOMMENDED_FILE,
+            VERIFY_RECIPE,
+            BASE_FILE,
+            "report",
+        )
+    ]
     parent.finish(metrics, artifacts, "FINISHED" if fits is not None else "FAILED")
     usage = summary["utilization"]
-    print(f"sweep: done | {usage['trials_run']} trials trained in {trial_wall:.0f} s | utilization "
-          f"{usage['utilization']:.1%} | launching {usage['launch_share']:.1%}", flush=True)
+    print(
+        f"sweep: done | {usage['trials_run']} trials trained in {trial_wall:.0f} s | utilization "
+        f"{usage['utilization']:.1%} | launching {usage['launch_share']:.1%}",
+        flush=True,
+    )
     if fit_error:
         raise UserInputError(f"sweep: trials done, but {fit_error}")
 
@@ -339,43 +441,58 @@ def verify(sweep: Sweep, fits, slots: int, cluster: dict[str, float]) -> dict[st
     spec = sweep.sized_spec(f"verify-C{C:.3g}", VERIFY, C, fits.allocation(C)[0].value)
     spec.name = f"verify-C{C:.3g}-{spec.size.key}"
     if spec.epochs > tree.sweep.max_epochs:
-        print(f"sweep: no verification run: {spec.name} needs {spec.epochs:.2f} epochs (sweep.max_epochs="
-              f"{tree.sweep.max_epochs:g})", flush=True)
+        print(
+            f"sweep: no verification run: {spec.name} needs {spec.epochs:.2f} epochs (sweep.max_epochs="
+            f"{tree.sweep.max_epochs:g})",
+            flush=True,
+        )
         return None
     record = read_record(sweep.trials_dir / spec.name)
     if not is_finished(record):
         base_file = sweep.sweep_dir / VERIFY_RECIPE.replace(".yaml", "-base.yaml")
         alone = dataclasses.replace(sweep.base, scaling=dataclasses.replace(sweep.base.scaling))
         if not alone.scaling.use_gpu:  # it runs alone: every CPU but its trainable's share
-            alone.scaling.cpus_per_worker = max(alone.scaling.cpus_per_worker,
-                                                (cluster.get("CPU", 1) - TRAINABLE_CPUS) / alone.scaling.num_workers)
+            alone.scaling.cpus_per_worker = max(
+                alone.scaling.cpus_per_worker, (cluster.get("CPU", 1) - TRAINABLE_CPUS) / alone.scaling.num_workers
+            )
         base_file.write_text(yaml.safe_dump(to_dict(alone), sort_keys=False))
         multiplier = sweep.multiplier_for(spec.size)
-        sweep.write_recipe(spec, sweep.sweep_dir / VERIFY_RECIPE,
-                           f"Verification run of sweep {tree.run.name} at C = {C:.3g} FLOPs")
+        sweep.write_recipe(
+            spec, sweep.sweep_dir / VERIFY_RECIPE, f"Verification run of sweep {tree.run.name} at C = {C:.3g} FLOPs"
+        )
         print(f"sweep: verification run {spec.name}: N = {spec.size.N:,}, D = {spec.D:,}", flush=True)
-        plan = Plan({spec.name: spec}, sweep.trials_dir,
-                    lambda s, m, origin: sweep.launch(s, multiplier, origin, base_file), sweep.on_record)
+        plan = Plan(
+            {spec.name: spec},
+            sweep.trials_dir,
+            lambda s, m, origin: sweep.launch(s, multiplier, origin, base_file),
+            sweep.on_record,
+        )
         run_trials(plan, [spec.name], 1, sweep.sweep_dir / "tune", "verify")
         record = read_record(sweep.trials_dir / spec.name)
     return record
 
 
-def sweep_summary(sweep: Sweep, records: list[dict[str, Any]], started: float, wall: float,
-                  cluster: dict[str, float]) -> dict[str, Any]:
+def sweep_summary(
+    sweep: Sweep, records: list[dict[str, Any]], started: float, wall: float, cluster: dict[str, float]
+) -> dict[str, Any]:
     tree = sweep.tree
     search = [dict(r) for r in records if r["kind"] == LR_SEARCH]
     chosen = sweep.chosen_multipliers()
     for r in search:
         r["best"] = r["lr_multiplier"] == chosen.get(r["size"])
     return {
-        "sweep": tree.run.name, "schedule": tree.sweep.schedule, "cooldown_fraction": tree.sweep.cooldown_fraction,
-        "budgets": sweep.design.budgets, "tokens_per_step": sweep.design.tokens_per_step,
-        "train_tokens": sweep.design.train_tokens, "seq_len": sweep.design.seq_len, "n_label": summaries.N_LABEL,
-        "target_flops": tree.sweep.target_flops, "trial_files": summaries.trial_files(tree.sweep.schedule),
+        "sweep": tree.run.name,
+        "schedule": tree.sweep.schedule,
+        "cooldown_fraction": tree.sweep.cooldown_fraction,
+        "budgets": sweep.design.budgets,
+        "tokens_per_step": sweep.design.tokens_per_step,
+        "train_tokens": sweep.design.train_tokens,
+        "seq_len": sweep.design.seq_len,
+        "n_label": summaries.N_LABEL,
+        "target_flops": tree.sweep.target_flops,
+        "trial_files": summaries.trial_files(tree.sweep.schedule),
         "trials": [{k: v for k, v in r.items() if k not in ("curve", "timing")} for r in records],
         "lr_search": [{k: v for k, v in r.items() if k not in ("curve", "timing")} for r in search],
         "compute": summaries.compute({r["name"]: r for r in records}),
         "utilization": summaries.utilization(records, started, wall, cluster.get("CPU", 0.0)),
     }
-

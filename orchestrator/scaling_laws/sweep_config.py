@@ -5,6 +5,7 @@ from a pretrain recipe (`sweep.base` plus `sweep.base_overrides`), parsed by
 `orchestrator.stages.pretrain.parse_cli` exactly as `python -m orchestrator.pretrain`
 would parse it, so a trial is a pretrain run and nothing else.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -23,8 +24,13 @@ SCHEDULES = ("cosine", "wsd", "both")
 class SweepRunConfig:
     """Naming and location of a sweep: running the same name again finishes what is unfinished."""
 
-    name: str = option("sweep", "sweep name: its directory is <output_dir>/<name>; running it again re-runs only what is unfinished")
-    output_dir: str = option("runs", "root for the shared dataset (<output_dir>/datasets), the sweep directory and every trial's run directory")
+    name: str = option(
+        "sweep", "sweep name: its directory is <output_dir>/<name>; running it again re-runs only what is unfinished"
+    )
+    output_dir: str = option(
+        "runs",
+        "root for the shared dataset (<output_dir>/datasets), the sweep directory and every trial's run directory",
+    )
 
     def validate(self) -> None:
         if not self.name or "/" in self.name or self.name.startswith("."):
@@ -42,24 +48,37 @@ class SweepConfig:
     base_overrides: list = option([], "pretrain overrides applied to the base, e.g. ['--train.micro_batch_size=8']")
     budgets: list = option([], "compute budgets C in training FLOPs (exact FLOPs per token x tokens, not 6ND)")
     sizes_per_budget: int = option(4, "model sizes trained per budget, spaced by size_step in non-embedding parameters")
-    size_step: float = option(2.0, "ratio of neighbouring sizes on the family's ladder of sizes (shared by all budgets)")
+    size_step: float = option(
+        2.0, "ratio of neighbouring sizes on the family's ladder of sizes (shared by all budgets)"
+    )
     tokens_per_parameter: float = option(
         20.0, "prior D/N that centres each budget's sizes: N_centre = sqrt(C / (6 x tokens_per_parameter))"
     )
     grid: list = option([], "explicit [N, D] pairs (non-embedding parameters, tokens) instead of budgets x sizes")
     min_steps: int = option(20, "refuse a grid in which some trial trains fewer optimizer steps than this")
-    max_epochs: float = option(4.0, "refuse a grid in which some trial needs more epochs of the training corpus than this")
-    schedule: str = option(
-        "cosine", "cosine: independent runs | wsd: per size one warmup-stable run with cooldown branches | "
-        "both: the same grid both ways, fitted side by side"
+    max_epochs: float = option(
+        4.0, "refuse a grid in which some trial needs more epochs of the training corpus than this"
     )
-    cooldown_fraction: float = option(0.2, "wsd: share of each trial's steps spent cooling down (linear decay to train.min_lr_ratio)")
+    schedule: str = option(
+        "cosine",
+        "cosine: independent runs | wsd: per size one warmup-stable run with cooldown branches | "
+        "both: the same grid both ways, fitted side by side",
+    )
+    cooldown_fraction: float = option(
+        0.2, "wsd: share of each trial's steps spent cooling down (linear decay to train.min_lr_ratio)"
+    )
     warmup_fraction: float = option(0.1, "warmup steps per size: this share of the size's shortest trial")
     evals_per_trial: int = option(8, "validation passes per trial (its curve); one is always at the end")
-    tune_lr: bool = option(False, "search lr_multipliers x the family's rate per size at its smallest budget; the grid uses the best")
+    tune_lr: bool = option(
+        False, "search lr_multipliers x the family's rate per size at its smallest budget; the grid uses the best"
+    )
     lr_multipliers: list = option([0.5, 1.0, 2.0], "tune_lr: multipliers of the family's learning rate to try")
-    target_flops: float = option(0.0, "budget to recommend a config for (a pretrain recipe file); 0 = 10x the largest budget")
-    verify: bool = option(True, "after the fit, train the recommended config at verify_flops and compare its loss with the prediction")
+    target_flops: float = option(
+        0.0, "budget to recommend a config for (a pretrain recipe file); 0 = 10x the largest budget"
+    )
+    verify: bool = option(
+        True, "after the fit, train the recommended config at verify_flops and compare its loss with the prediction"
+    )
     verify_flops: float = option(0.0, "budget of the verification run; 0 = 4x the largest budget")
     max_concurrent: int = option(0, "trials at once; 0 = as many as the cluster's CPUs and GPUs hold")
     bootstrap: int = option(200, "bootstrap resamples for the fits' intervals")
@@ -68,7 +87,9 @@ class SweepConfig:
         if not self.base:
             raise UserInputError("sweep.base: empty; name a pretrain recipe or YAML file")
         if not all(isinstance(a, str) and a.startswith("--") for a in self.base_overrides):
-            raise UserInputError(f"sweep.base_overrides: {self.base_overrides!r} must be a list of '--section.field=value' strings")
+            raise UserInputError(
+                f"sweep.base_overrides: {self.base_overrides!r} must be a list of '--section.field=value' strings"
+            )
         # YAML reads 1e10 (no dot, no exponent sign) as text: numbers in lists are taken in any spelling.
         self.budgets = [_number(v, "sweep.budgets", "a positive number of FLOPs") for v in self.budgets]
         self.lr_multipliers = [_number(v, "sweep.lr_multipliers", "a positive multiplier") for v in self.lr_multipliers]
@@ -124,18 +145,23 @@ class FamilyConfig:
 
     head_dim: int = option(32, "width of one attention head: d_model is a multiple of it, n_heads = d_model / head_dim")
     aspect_ratio: float = option(
-        32.0, "d_model / n_layers the family keeps as it grows: n_layers = round((N / (12 aspect^2))^(1/3)), "
-        "then the multiple of head_dim whose exact N is nearest"
+        32.0,
+        "d_model / n_layers the family keeps as it grows: n_layers = round((N / (12 aspect^2))^(1/3)), "
+        "then the multiple of head_dim whose exact N is nearest",
     )
     lr: float = option(3e-3, "peak learning rate at d_model = lr_width")
     lr_width: int = option(64, "the width lr is given for")
     lr_width_power: float = option(
-        0.5, "lr(size) = lr x (lr_width / d_model)^lr_width_power: wider models take smaller steps (1.0 is muP's hidden-layer rule)"
+        0.5,
+        "lr(size) = lr x (lr_width / d_model)^lr_width_power: wider models take smaller steps "
+        "(1.0 is muP's hidden-layer rule)",
     )
 
     def validate(self) -> None:
         if self.head_dim < 2 or self.head_dim % 2:
-            raise UserInputError(f"family.head_dim: must be an even number >= 2 (RoPE rotates pairs), got {self.head_dim}")
+            raise UserInputError(
+                f"family.head_dim: must be an even number >= 2 (RoPE rotates pairs), got {self.head_dim}"
+            )
         if not self.aspect_ratio > 0:
             raise UserInputError(f"family.aspect_ratio: must be > 0, got {self.aspect_ratio}")
         if not self.lr > 0:

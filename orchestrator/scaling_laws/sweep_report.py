@@ -9,6 +9,7 @@ fitted points, for `python -m orchestrator.scaling fit`). When SWEEP/sweep.json
 is there (written by `orchestrator.sweep`), the sweep's own sections follow
 (`sweep_summary`). The command is `python -m orchestrator.report`.
 """
+
 from __future__ import annotations
 
 import json
@@ -39,8 +40,14 @@ def read_verify(path: Path) -> Trial | None:
     return Trial.from_dict(record, str(path))
 
 
-def report_sweep(sweep_dir: Path, target_flops: float | None = None, n_label: str = "non-embedding parameters",
-                 bootstrap: int = 200, seed: int = 0, fits: SweepFit | None = None) -> ReportFiles:
+def report_sweep(
+    sweep_dir: Path,
+    target_flops: float | None = None,
+    n_label: str = "non-embedding parameters",
+    bootstrap: int = 200,
+    seed: int = 0,
+    fits: SweepFit | None = None,
+) -> ReportFiles:
     """Fit and report the sweep in `sweep_dir` into `sweep_dir/report/`.
 
     `fits`: the fit of trials.json's points with this `bootstrap` and `seed`, when the caller
@@ -65,8 +72,10 @@ def report_sweep(sweep_dir: Path, target_flops: float | None = None, n_label: st
     return files
 
 
-def append_sweep_sections(files: ReportFiles, sweep_dir: Path, target_flops: float | None, bootstrap: int, seed: int) -> None:
-    """The sweep's own sections (see `orchestrator.scaling_laws.sweep_summary`) after the report's, in both renderings."""
+def append_sweep_sections(
+    files: ReportFiles, sweep_dir: Path, target_flops: float | None, bootstrap: int, seed: int
+) -> None:
+    """The sweep's own sections (`orchestrator.scaling_laws.sweep_summary`) after the report's, in both renderings."""
     summary = read_summary(sweep_dir)
     if summary is None:
         return
@@ -76,7 +85,7 @@ def append_sweep_sections(files: ReportFiles, sweep_dir: Path, target_flops: flo
     markdown = doc.markdown().split("\n", 2)[2]  # without the title line and the blank after it
     files.markdown.write_text(files.markdown.read_text().rstrip("\n") + "\n\n" + markdown)
     page = doc.html(files.html.parent)
-    body = page[page.index("</h1>") + len("</h1>"):page.rindex("</body>")]
+    body = page[page.index("</h1>") + len("</h1>") : page.rindex("</body>")]
     existing = files.html.read_text()
     cut = existing.rindex("</body>")
     files.html.write_text(existing[:cut] + body + existing[cut:])

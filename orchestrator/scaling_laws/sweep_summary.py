@@ -11,6 +11,7 @@ output head's weights beside the non-embedding fit the recommendation uses; the
 learning-rate search; the schedules' compute (and, for `sweep.schedule=both`, both
 fits on the same grid side by side); the cluster's utilization.
 """
+
 from __future__ import annotations
 
 import json
@@ -48,9 +49,16 @@ def write_trial_files(sweep_dir: Path, schedule: str, records: dict[str, dict[st
         groups[group] = [as_trial(r) for r in records.values() if r["kind"] == "grid" and r["group"] == group]
         write_trials(groups[group], sweep_dir / file)
     search = [r for r in records.values() if r["kind"] == "lr"]
-    (sweep_dir / LR_SEARCH_FILE).write_text(json.dumps([
-        {k: r.get(k) for k in ("name", "size", "N", "lr_multiplier", "lr", "loss", "status", "reason")} for r in search
-    ], indent=1) + "\n")
+    (sweep_dir / LR_SEARCH_FILE).write_text(
+        json.dumps(
+            [
+                {k: r.get(k) for k in ("name", "size", "N", "lr_multiplier", "lr", "loss", "status", "reason")}
+                for r in search
+            ],
+            indent=1,
+        )
+        + "\n"
+    )
     return groups
 
 
@@ -71,9 +79,15 @@ def utilization(records: list[dict[str, Any]], since: float, wall_s: float, clus
     capacity = wall_s * cluster_cpus
     train = sum(t["train_s"] * t["cpus"] for t in timed)
     launch = sum(t["launch_s"] * t["cpus"] for t in timed)
-    return {"wall_s": wall_s, "cluster_cpus": cluster_cpus, "trials_run": len(timed),
-            "utilization": train / capacity if capacity else 0.0, "launch_share": launch / capacity if capacity else 0.0,
-            "train_cpu_s": train, "launch_cpu_s": launch}
+    return {
+        "wall_s": wall_s,
+        "cluster_cpus": cluster_cpus,
+        "trials_run": len(timed),
+        "utilization": train / capacity if capacity else 0.0,
+        "launch_share": launch / capacity if capacity else 0.0,
+        "train_cpu_s": train,
+        "launch_cpu_s": launch,
+    }
 
 
 def write_summary(sweep_dir: Path, summary: dict[str, Any]) -> None:
@@ -101,7 +115,10 @@ def add_sections(doc, sweep_dir: Path, summary: dict[str, Any], target: float, b
         "give the second column. Compute is the same in both: each trial's exact training FLOPs."
     )
     fits = {}
-    for label, points in (("non-embedding (used)", _points(primary)), ("with output head", _points(primary, head=True))):
+    for label, points in (
+        ("non-embedding (used)", _points(primary)),
+        ("with output head", _points(primary, head=True)),
+    ):
         fits[label] = _fit_or_reason(fit_sweep, points, bootstrap, seed)
     _fits_side_by_side(doc, fits, target)
     if summary.get("lr_search"):
@@ -110,28 +127,48 @@ def add_sections(doc, sweep_dir: Path, summary: dict[str, Any], target: float, b
     rows = []
     for group, totals in summary["compute"].items():
         saving = 1 - totals["trained_flops"] / totals["independent_flops"] if totals["independent_flops"] else 0.0
-        what = {"cosine": "independent runs (cosine)", "wsd": "WSD: runs with cooldown branches",
-                "lr": "learning-rate search", "verify": "verification run"}.get(group, group)
-        rows.append([what, str(int(totals["trials"])), _flops(totals["trained_flops"]),
-                     _flops(totals["independent_flops"]), f"{saving:.1%}"])
-    doc.paragraph("FLOPs each part of the sweep trained, against what independent runs of the same trials cost. "
-                  "A WSD branch trains only its cooldown: it starts from its main run's checkpoint where its own cooldown "
-                  f"begins (cooldown fraction {summary['cooldown_fraction']:g}).")
+        what = {
+            "cosine": "independent runs (cosine)",
+            "wsd": "WSD: runs with cooldown branches",
+            "lr": "learning-rate search",
+            "verify": "verification run",
+        }.get(group, group)
+        rows.append(
+            [
+                what,
+                str(int(totals["trials"])),
+                _flops(totals["trained_flops"]),
+                _flops(totals["independent_flops"]),
+                f"{saving:.1%}",
+            ]
+        )
+    doc.paragraph(
+        "FLOPs each part of the sweep trained, against what independent runs of the same trials cost. "
+        "A WSD branch trains only its cooldown: it starts from its main run's checkpoint where its own cooldown "
+        f"begins (cooldown fraction {summary['cooldown_fraction']:g})."
+    )
     doc.table(["trials", "count", "trained FLOPs", "as independent runs", "saved"], rows)
     if list(files) == ["wsd"]:
-        doc.paragraph("Only WSD runs were trained: sweep.schedule=both trains the same grid as independent runs too "
-                      "and fits the two side by side.")
+        doc.paragraph(
+            "Only WSD runs were trained: sweep.schedule=both trains the same grid as independent runs too "
+            "and fits the two side by side."
+        )
     if len(files) > 1:
         doc.paragraph("The same grid trained both ways, each fitted on its own:")
-        by_group = {f"{g} trials ({files[g]})": _fit_or_reason(fit_sweep, _points(read_trials(sweep_dir / files[g])),
-                                                                 bootstrap, seed) for g in files}
+        by_group = {
+            f"{g} trials ({files[g]})": _fit_or_reason(
+                fit_sweep, _points(read_trials(sweep_dir / files[g])), bootstrap, seed
+            )
+            for g in files
+        }
         _fits_side_by_side(doc, by_group, target)
     timing = summary.get("utilization")
     if timing:
         doc.heading("Cluster utilization")
         doc.paragraph(
             f"Last invocation: {timing['trials_run']} trials trained in {timing['wall_s']:.0f} s on "
-            f"{timing['cluster_cpus']:g} CPUs. Utilization (CPU-seconds of trial training steps / (wall x cluster CPUs)): "
+            f"{timing['cluster_cpus']:g} CPUs. Utilization (CPU-seconds of trial training steps / "
+            "(wall x cluster CPUs)): "
             f"{timing['utilization']:.1%}. Launching trials (trainable start to first step): "
             f"{timing['launch_share']:.1%} of the same capacity; the rest went to evaluations, checkpoints, "
             "fitting and idle CPUs."
@@ -151,30 +188,76 @@ def _trials_table(doc, summary: dict[str, Any]) -> None:
         if t.get("taken_from"):
             how += f" (= {t['taken_from']})"
         loss = t.get("loss")
-        rows.append([t["name"], _flops(t["N"]), _flops(t["N_head"]), _flops(t["N_total"]), _flops(t["D"]), _flops(t["C"]),
-                     f"{shape['n_layers']} x {shape['d_model']}, {shape['n_heads']} heads", f"{t['lr']:.3g}" if t.get("lr") else "",
-                     str(t["steps"]), f"{t['epochs']:.2f}", how,
-                     f"{loss:.4f}" if isinstance(loss, (int, float)) and math.isfinite(loss) else "",
-                     t["status"] + (f": {t['reason']}" if t.get("reason") else "")])
-    doc.table(["trial", "N", "N_head", "N_total", "D", "C", "shape", "lr", "steps", "epochs", "schedule",
-               "final loss", "status"], rows)
+        rows.append(
+            [
+                t["name"],
+                _flops(t["N"]),
+                _flops(t["N_head"]),
+                _flops(t["N_total"]),
+                _flops(t["D"]),
+                _flops(t["C"]),
+                f"{shape['n_layers']} x {shape['d_model']}, {shape['n_heads']} heads",
+                f"{t['lr']:.3g}" if t.get("lr") else "",
+                str(t["steps"]),
+                f"{t['epochs']:.2f}",
+                how,
+                f"{loss:.4f}" if isinstance(loss, (int, float)) and math.isfinite(loss) else "",
+                t["status"] + (f": {t['reason']}" if t.get("reason") else ""),
+            ]
+        )
+    doc.table(
+        [
+            "trial",
+            "N",
+            "N_head",
+            "N_total",
+            "D",
+            "C",
+            "shape",
+            "lr",
+            "steps",
+            "epochs",
+            "schedule",
+            "final loss",
+            "status",
+        ],
+        rows,
+    )
 
 
 def _lr_search(doc, search: list[dict[str, Any]]) -> None:
     doc.heading("Learning-rate search")
-    doc.paragraph("Per size, the family's rate times each multiplier, at the size's smallest budget; the size's other "
-                  "trials use the best (lowest final loss).")
-    doc.table(["size", "N", "multiplier", "lr", "final loss", "status", "best"],
-              [[s["size"], _flops(s["N"]), f"{s['lr_multiplier']:g}", f"{s['lr']:.3g}" if s.get("lr") else "",
+    doc.paragraph(
+        "Per size, the family's rate times each multiplier, at the size's smallest budget; the size's other "
+        "trials use the best (lowest final loss)."
+    )
+    doc.table(
+        ["size", "N", "multiplier", "lr", "final loss", "status", "best"],
+        [
+            [
+                s["size"],
+                _flops(s["N"]),
+                f"{s['lr_multiplier']:g}",
+                f"{s['lr']:.3g}" if s.get("lr") else "",
                 f"{s['loss']:.4f}" if s.get("loss") is not None and math.isfinite(s["loss"]) else "",
-                s["status"], "yes" if s.get("best") else ""] for s in search])
+                s["status"],
+                "yes" if s.get("best") else "",
+            ]
+            for s in search
+        ],
+    )
 
 
 def _points(trials: list[Trial], head: bool = False) -> Points:
     ok = [t for t in trials if t.status == OK]
     N = [t.shape["N_head"] if head else t.N for t in ok]
-    return Points.from_arrays(N, [t.D for t in ok], [t.loss for t in ok], [t.flops for t in ok],
-                              source="trials (N with output head)" if head else "trials")
+    return Points.from_arrays(
+        N,
+        [t.D for t in ok],
+        [t.loss for t in ok],
+        [t.flops for t in ok],
+        source="trials (N with output head)" if head else "trials",
+    )
 
 
 def _fit_or_reason(fit_sweep, points: Points, bootstrap: int, seed: int):
@@ -194,7 +277,9 @@ def _fits_side_by_side(doc, fits: dict[str, Any], target: float) -> None:
                 row.append("not fitted")
                 continue
             estimate = fit.parameters()[key]
-            row.append(f"{estimate.value:.3f}" + (f" [{estimate.ci[0]:.3f}, {estimate.ci[1]:.3f}]" if estimate.ci else ""))
+            row.append(
+                f"{estimate.value:.3f}" + (f" [{estimate.ci[0]:.3f}, {estimate.ci[1]:.3f}]" if estimate.ci else "")
+            )
         rows.append(row)
     row = [f"N_opt at C = {_flops(target)}"]
     for fit in fits.values():

@@ -11,6 +11,7 @@ Timing comes from the trial's own `metrics.jsonl` (one line per step, stamped by
 rank 0): time spent launching (trainable start to the end of the first step,
 less one step), time in training steps, and the CPUs that trained them.
 """
+
 from __future__ import annotations
 
 import json
@@ -75,16 +76,21 @@ def assess(run_dir: Path, final: dict[str, Any], origin_run_dir: Path | None = N
     if train:
         first_step = min(train)
         if final_loss > train[first_step]:
-            return DIVERGED, (f"final validation loss {final_loss:.4f} ends above the training loss it started from "
-                              f"({train[first_step]:.4f} at step {first_step})")
+            return DIVERGED, (
+                f"final validation loss {final_loss:.4f} ends above the training loss it started from "
+                f"({train[first_step]:.4f} at step {first_step})"
+            )
     return OK, ""
 
 
 def curve(run_dir: Path, tokens_per_step: int, up_to_step: int | None = None) -> list[list[float]]:
     """[tokens seen, validation loss] at every evaluation (finite ones), optionally only up to a step."""
     evals = series(read_metrics(run_dir), "eval/loss")
-    return [[step * tokens_per_step, loss] for step, loss in sorted(evals.items())
-            if step > 0 and math.isfinite(loss) and loss > 0 and (up_to_step is None or step <= up_to_step)]
+    return [
+        [step * tokens_per_step, loss]
+        for step, loss in sorted(evals.items())
+        if step > 0 and math.isfinite(loss) and loss > 0 and (up_to_step is None or step <= up_to_step)
+    ]
 
 
 def timing(run_dir: Path, started: float, ended: float, cpus: float) -> dict[str, float]:
@@ -93,10 +99,19 @@ def timing(run_dir: Path, started: float, ended: float, cpus: float) -> dict[str
     A step's duration is the gap between consecutive step lines; gaps that also hold an
     evaluation or a checkpoint (more than 3x the median) count as neither training nor launch.
     """
-    stamps = sorted((int(line["step"]), float(line["time"])) for line in read_metrics(run_dir)
-                    if "train/loss" in line and float(line["time"]) >= started)
-    result = {"started": started, "ended": ended, "cpus": cpus, "steps": len(stamps), "launch_s": ended - started,
-              "train_s": 0.0}
+    stamps = sorted(
+        (int(line["step"]), float(line["time"]))
+        for line in read_metrics(run_dir)
+        if "train/loss" in line and float(line["time"]) >= started
+    )
+    result = {
+        "started": started,
+        "ended": ended,
+        "cpus": cpus,
+        "steps": len(stamps),
+        "launch_s": ended - started,
+        "train_s": 0.0,
+    }
     if not stamps:
         return result
     gaps = [b[1] - a[1] for a, b in zip(stamps, stamps[1:]) if b[0] == a[0] + 1]
@@ -112,9 +127,15 @@ def as_trial(record: dict[str, Any]) -> Trial:
     loss = record.get("loss")
     fitted = record["status"] == OK
     return Trial(
-        name=record["name"], N=float(record["N"]), N_total=float(record["N_total"]), D=float(record["D"]),
-        C=float(record["C"]), loss=loss if (loss is not None and math.isfinite(loss) and loss > 0) else None,
-        status=OK if fitted else record["status"], reason=record.get("reason", ""),
-        curve=[tuple(point) for point in record.get("curve", [])], shape=dict(record.get("shape", {})),
+        name=record["name"],
+        N=float(record["N"]),
+        N_total=float(record["N_total"]),
+        D=float(record["D"]),
+        C=float(record["C"]),
+        loss=loss if (loss is not None and math.isfinite(loss) and loss > 0) else None,
+        status=OK if fitted else record["status"],
+        reason=record.get("reason", ""),
+        curve=[tuple(point) for point in record.get("curve", [])],
+        shape=dict(record.get("shape", {})),
         lr=record.get("lr"),
     )

@@ -14,6 +14,7 @@ out a trial only once it can start: a size's trials after its learning-rate
 search, a WSD branch once the run it branches from has registered the checkpoint
 it starts from (while that run goes on training).
 """
+
 from __future__ import annotations
 
 import json
@@ -64,8 +65,13 @@ def trial_trainable(config: dict[str, Any]) -> None:
     try:
         final = pretrain(parse_cli(config["argv"]), tags=config["tags"], callbacks=[TuneReportCallback()])
         status, reason = assess(run_dir, final, origin_run_dir)
-        record.update(status=status, reason=reason, loss=final.get("eval/loss"), bpb=final.get("eval/bpb"),
-                      mlflow_run_id=final.get("mlflow_run_id", ""))
+        record.update(
+            status=status,
+            reason=reason,
+            loss=final.get("eval/loss"),
+            bpb=final.get("eval/bpb"),
+            mlflow_run_id=final.get("mlflow_run_id", ""),
+        )
     except Exception as err:  # noqa: BLE001 - a trial that crashes is recorded; the sweep goes on
         traceback.print_exc()
         record["reason"] = one_line(err)
@@ -135,8 +141,12 @@ class Plan:
                 if parent is None or spec.branch_of in self.pending:
                     return None
                 status = FAILED if is_finished(parent) else CRASHED
-                return self._fail(spec, status, f"not run: {spec.branch_of} ended ({parent['status']}) without a "
-                                                f"checkpoint at step {spec.branch_step} to branch from")
+                return self._fail(
+                    spec,
+                    status,
+                    f"not run: {spec.branch_of} ended ({parent['status']}) without a "
+                    f"checkpoint at step {spec.branch_step} to branch from",
+                )
         try:
             return self.launch(spec, multiplier, origin)
         except UserInputError as err:  # a trial pretrain would refuse fails alone; the sweep goes on
@@ -144,14 +154,30 @@ class Plan:
 
     def _take_over(self, spec: TrialSpec, search: dict[str, Any]) -> str:
         """The grid trial is the search trial at the best rate: the same run, recorded under its own name."""
-        record = {**search, **spec.describe(), "lr_multiplier": search["lr_multiplier"],
-                  "taken_from": search["name"], "trained_flops": 0.0, "timing": {}}
+        record = {
+            **search,
+            **spec.describe(),
+            "lr_multiplier": search["lr_multiplier"],
+            "taken_from": search["name"],
+            "trained_flops": 0.0,
+            "timing": {},
+        }
         self._write(spec.name, record)
         return SKIP
 
     def _fail(self, spec: TrialSpec, status: str, reason: str) -> str:
-        self._write(spec.name, {**spec.describe(), "status": status, "reason": reason, "loss": None, "curve": [],
-                                "trained_flops": 0.0, "timing": {}})
+        self._write(
+            spec.name,
+            {
+                **spec.describe(),
+                "status": status,
+                "reason": reason,
+                "loss": None,
+                "curve": [],
+                "trained_flops": 0.0,
+                "timing": {},
+            },
+        )
         return SKIP
 
     def _write(self, name: str, record: dict[str, Any]) -> None:
@@ -163,8 +189,15 @@ class Plan:
         record = self.record(name)
         if record is None:  # the trainable itself died (e.g. killed for memory) before writing one
             spec = self.specs[name]
-            record = {**spec.describe(), "status": CRASHED, "reason": "the trial's process died", "loss": None,
-                      "curve": [], "trained_flops": 0.0, "timing": {}}
+            record = {
+                **spec.describe(),
+                "status": CRASHED,
+                "reason": "the trial's process died",
+                "loss": None,
+                "curve": [],
+                "trained_flops": 0.0,
+                "timing": {},
+            }
             write_record(self.run_dir(name), record)
         self.pending.discard(name)
         self.on_record(name, record)
@@ -220,11 +253,17 @@ def run_trials(plan: Plan, names: list[str], slots: int, storage: Path, label: s
     tuner = tune.Tuner(
         tune.with_resources(trial_trainable, {"cpu": TRAINABLE_CPUS}),
         tune_config=tune.TuneConfig(
-            search_alg=DependencySearcher(plan, names), num_samples=len(names), max_concurrent_trials=slots,
+            search_alg=DependencySearcher(plan, names),
+            num_samples=len(names),
+            max_concurrent_trials=slots,
             trial_name_creator=lambda trial: trial.config["name"],
             trial_dirname_creator=lambda trial: trial.config["name"],
         ),
-        run_config=tune.RunConfig(name=f"{label}-{time.strftime('%Y%m%d-%H%M%S')}", storage_path=str(storage),
-                                  verbose=0, failure_config=tune.FailureConfig(max_failures=0)),
+        run_config=tune.RunConfig(
+            name=f"{label}-{time.strftime('%Y%m%d-%H%M%S')}",
+            storage_path=str(storage),
+            verbose=0,
+            failure_config=tune.FailureConfig(max_failures=0),
+        ),
     )
     tuner.fit()

@@ -11,6 +11,7 @@ SFT from pretrain, the reward model and DPO from SFT. PPO and GRPO start from SF
 their results compare with DPO's; PPO's reward is the chain's reward model (unless its
 overrides name a reward), GRPO's the reward its recipe names (the built-in task's rule).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -43,7 +44,9 @@ SUMMARY = "The whole path in one command, pretrain -> SFT -> reward model -> DPO
 class ChainRunConfig:
     """Where the chain keeps its stages' runs and its own record."""
 
-    name: str = option("rlhf", "chain name: its record is <output_dir>/<name>/chain.json, its MLflow parent run this name")
+    name: str = option(
+        "rlhf", "chain name: its record is <output_dir>/<name>/chain.json, its MLflow parent run this name"
+    )
     output_dir: str = option("runs", "root of every stage's run directory and of the prepared datasets")
 
     def validate(self) -> None:
@@ -85,16 +88,24 @@ class RLHFConfig:
 
 
 def parse_cli(argv: list[str] | None) -> RLHFConfig:
-    return parse_tree(RLHFConfig, argv, "orchestrator.rlhf", SUMMARY, default_recipe="tiny",
-                      recipe_dir=RECIPE_DIR / "rlhf")
+    return parse_tree(
+        RLHFConfig, argv, "orchestrator.rlhf", SUMMARY, default_recipe="tiny", recipe_dir=RECIPE_DIR / "rlhf"
+    )
 
 
-def stage_argv(cfg: RLHFConfig, stage: str, run_name: str, start: str, tracking_uri: str,
-               reward_model: str = "") -> list[str]:
+def stage_argv(
+    cfg: RLHFConfig, stage: str, run_name: str, start: str, tracking_uri: str, reward_model: str = ""
+) -> list[str]:
     spec = getattr(cfg.chain, stage)
     overrides = spec.get("overrides", {})
-    argv = ["--config", spec.get("config", "tiny"), f"--run.name={run_name}", f"--run.output_dir={cfg.run.output_dir}",
-            f"--tracking.uri={tracking_uri}", f"--tracking.experiment={cfg.tracking.experiment}"]
+    argv = [
+        "--config",
+        spec.get("config", "tiny"),
+        f"--run.name={run_name}",
+        f"--run.output_dir={cfg.run.output_dir}",
+        f"--tracking.uri={tracking_uri}",
+        f"--tracking.experiment={cfg.tracking.experiment}",
+    ]
     if stage == "ppo" and reward_model and not {"reward.model", "reward.function"} & set(overrides):
         argv.append(f"--reward.model={reward_model}")
     argv += [f"--{key}={value}" for key, value in overrides.items()]
@@ -107,10 +118,16 @@ def stage_key(cfg: RLHFConfig, stage: str, previous_key: str) -> str:
     """Hash of the stage's recipe and overrides and of the stages before it; cadence overrides
     (logging, evaluation, checkpoints, halting) change no result and are left out."""
     spec = getattr(cfg.chain, stage)
-    overrides = {key: value for key, value in spec.get("overrides", {}).items()
-                 if not (key.startswith("train.") and key.removeprefix("train.") in CADENCE_FIELDS)}
-    text = json.dumps({"stage": stage, "config": spec.get("config", "tiny"), "overrides": overrides,
-                       "previous": previous_key}, sort_keys=True, default=str)
+    overrides = {
+        key: value
+        for key, value in spec.get("overrides", {}).items()
+        if not (key.startswith("train.") and key.removeprefix("train.") in CADENCE_FIELDS)
+    }
+    text = json.dumps(
+        {"stage": stage, "config": spec.get("config", "tiny"), "overrides": overrides, "previous": previous_key},
+        sort_keys=True,
+        default=str,
+    )
     return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
@@ -137,7 +154,6 @@ def run_chain(cfg: RLHFConfig) -> dict[str, dict[str, Any]]:
     """Run what is not finished; returns {stage: {run_name, checkpoint, metrics, skipped}}."""
     # mlflow: imported when something is recorded (seconds of imports; workers and --help never need it)
     from mlflow.tracking import MlflowClient
-
 
     started = time.perf_counter()
     home = Path(cfg.run.output_dir).resolve() / cfg.run.name
@@ -174,14 +190,21 @@ def run_chain(cfg: RLHFConfig) -> dict[str, dict[str, Any]]:
             stage_cfg = parse_stage_cli(stage, argv)
             final = run_stage(stage, stage_cfg, parent_run_id=parent)
         if final.get("step", 0) < stage_cfg.train.max_steps:
-            print(f"rlhf: {stage}: stopped at step {final.get('step')} before its last step; run the chain again "
-                  "to resume it")
+            print(
+                f"rlhf: {stage}: stopped at step {final.get('step')} before its last step; run the chain again "
+                "to resume it"
+            )
             client.set_terminated(parent, "KILLED")
             return outcome
         metrics = {k: v for k, v in final.items() if isinstance(v, float)}
-        record["stages"][stage] = {"key": key, "run_name": run_name, "status": "finished",
-                                   "checkpoint": final["checkpoint"], "mlflow_run_id": final.get("mlflow_run_id", ""),
-                                   "metrics": metrics}
+        record["stages"][stage] = {
+            "key": key,
+            "run_name": run_name,
+            "status": "finished",
+            "checkpoint": final["checkpoint"],
+            "mlflow_run_id": final.get("mlflow_run_id", ""),
+            "metrics": metrics,
+        }
         record_path.write_text(json.dumps(record, indent=2))  # a finished stage is never run again
         outcome[stage] = {**record["stages"][stage], "skipped": False}
 

@@ -9,6 +9,7 @@ once (`orchestrator.data.finetuning`), and trains through the same launch as pre
 generator (or, for the reward model, scores held-out pairs) and logs them to MLflow as
 a table; on the built-in task it also measures the property's rate.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -39,7 +40,7 @@ from workloads.tokenizer import Tokenizer
 from workloads.train_config import CADENCE_FIELDS, TrainConfig
 
 SUMMARIES = {
-    "sft": "Supervised fine-tuning on prompt/response records (loss on response tokens only) with DeepSpeed on Ray Train.",
+    "sft": "Supervised fine-tuning on prompt/response records (loss on response tokens only), DeepSpeed on Ray Train.",
     "reward": "Train a reward model (backbone + scalar head) on ranked responses with the Bradley-Terry loss.",
     "dpo": "Direct preference optimisation of a policy against a frozen reference on preference pairs.",
 }
@@ -64,8 +65,10 @@ class StageConfig:
             if section.name != "parallel":
                 getattr(self, section.name).validate()
         if self.parallel.pipeline_stages != 1:
-            raise UserInputError(f"parallel.pipeline_stages={self.parallel.pipeline_stages}: pipeline parallelism is "
-                                 "pretrain-only (DeepSpeed's pipeline engine fixes its loss when it is built)")
+            raise UserInputError(
+                f"parallel.pipeline_stages={self.parallel.pipeline_stages}: pipeline parallelism is "
+                "pretrain-only (DeepSpeed's pipeline engine fixes its loss when it is built)"
+            )
         self.parallel.validate(self.scaling.num_workers, self.deepspeed.zero_stage, self.model.n_layers)
         if self.data.seq_len > self.model.max_seq_len:
             raise UserInputError(f"data.seq_len={self.data.seq_len} exceeds model.max_seq_len={self.model.max_seq_len}")
@@ -94,13 +97,21 @@ def resolve_stage_model(cfg: StageConfig) -> None:
 
 
 def parse_stage_cli(stage: str, argv: list[str] | None) -> StageConfig:
-    return parse_tree(TREES[stage], argv, f"orchestrator.{stage}", SUMMARIES[stage], default_recipe="tiny",
-                      resolve=resolve_stage_model, recipe_dir=RECIPE_DIR / stage)
+    return parse_tree(
+        TREES[stage],
+        argv,
+        f"orchestrator.{stage}",
+        SUMMARIES[stage],
+        default_recipe="tiny",
+        resolve=resolve_stage_model,
+        recipe_dir=RECIPE_DIR / stage,
+    )
 
 
 # ---------------------------------------------------------------------------
 # Running a stage
 # ---------------------------------------------------------------------------
+
 
 def stage_identity(stage: str, cfg: StageConfig) -> str:
     """Hash of what determines the stage's result: its sections (not cadence or resources) and its inputs."""
@@ -124,27 +135,34 @@ def run_stage(stage: str, cfg: StageConfig, parent_run_id: str = "") -> dict[str
     _, tokenizer_file = starting_model(cfg.model.init_from)
     tokenizer = Tokenizer.load(tokenizer_file)
     if cfg.model.vocab_size < tokenizer.vocab_size:
-        raise UserInputError(f"model.vocab_size={cfg.model.vocab_size} is smaller than the tokenizer's ({tokenizer.vocab_size})")
+        raise UserInputError(
+            f"model.vocab_size={cfg.model.vocab_size} is smaller than the tokenizer's ({tokenizer.vocab_size})"
+        )
 
     def prepare() -> tuple[Path, dict[str, Any]]:
         given = Path(cfg.data.train_file)
         if given.is_dir() and (given / MANIFEST_FILE).is_file():  # an already prepared dataset
             dataset_dir = given.resolve()
         else:
-            dataset_dir = prepare_stage_dataset(stage, cfg.data, tokenizer, cfg.data.seq_len, dataset_root(cfg.run.output_dir, cfg.data.dataset_dir))
+            dataset_dir = prepare_stage_dataset(
+                stage, cfg.data, tokenizer, cfg.data.seq_len, dataset_root(cfg.run.output_dir, cfg.data.dataset_dir)
+            )
         manifest = check_stage_dataset(dataset_dir, stage, tokenizer)
         tags["orchestrator.dataset_hash"] = manifest["dataset_hash"]
         return dataset_dir, manifest
 
     tags = lineage_tags(cfg, tokenizer, parent_run_id)
-    return train_on_ray(cfg, Launch(
-        stage=stage,
-        identity=stage_identity(stage, cfg),
-        global_batch=cfg.train.resolved_global_batch(cfg.scaling.num_workers),
-        prepare=prepare,
-        shuffle_seed=cfg.data.shuffle_seed,
-        options=cfg.stage_options(),
-        tags=tags,
-        after_training=lambda final, recorder: log_samples(stage, cfg, final["checkpoint"], recorder),
-        allow_global_batch_change=cfg.run.allow_global_batch_change,
-    ))
+    return train_on_ray(
+        cfg,
+        Launch(
+            stage=stage,
+            identity=stage_identity(stage, cfg),
+            global_batch=cfg.train.resolved_global_batch(cfg.scaling.num_workers),
+            prepare=prepare,
+            shuffle_seed=cfg.data.shuffle_seed,
+            options=cfg.stage_options(),
+            tags=tags,
+            after_training=lambda final, recorder: log_samples(stage, cfg, final["checkpoint"], recorder),
+            allow_global_batch_change=cfg.run.allow_global_batch_change,
+        ),
+    )

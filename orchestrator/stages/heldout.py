@@ -2,6 +2,7 @@
 reward model, held-out pairs scored), logged to MLflow as a table; on the built-in task the
 property's rate among the responses.
 """
+
 from __future__ import annotations
 
 import json
@@ -22,7 +23,8 @@ from workloads.task import has_property
 
 @dataclass
 class SampleConfig:
-    """Generations on held-out prompts after training, logged to MLflow as a table (and the built-in task's property rate)."""
+    """Generations on held-out prompts after training, logged to MLflow as a table (and the built-in task's
+    property rate)."""
 
     prompts: int = option(200, "held-out prompts to sample (the reward model scores as many held-out pairs)")
     max_new_tokens: int = option(24, "new tokens per prompt (capped to the context)")
@@ -63,8 +65,10 @@ def log_samples(stage: str, cfg, checkpoint: str, recorder) -> dict[str, float]:
         if cfg.data.train_file == BUILTIN:
             table["has_property"] = [has_property(r) for r in responses]
             metrics["task/property_rate"] = sum(table["has_property"]) / len(responses)
-            print(f"{stage}: built-in task: {100 * metrics['task/property_rate']:.1f}% of {len(responses)} held-out "
-                  "responses have the property (written as a comment)")
+            print(
+                f"{stage}: built-in task: {100 * metrics['task/property_rate']:.1f}% of {len(responses)} held-out "
+                "responses have the property (written as a comment)"
+            )
     if recorder.run_id:
         recorder.client.log_table(recorder.run_id, data=table, artifact_file="generations.json")
     return metrics
@@ -82,11 +86,16 @@ def sample_prompts(loaded, prompts: list[str], samples: SampleConfig):
     each prompt opens a document and is cut from the left to leave the context room; fixed seed."""
 
     tokenizer = loaded.tokenizer
-    encoded = [[tokenizer.eos_id, *tokenizer.encode(p)][-(loaded.config.max_seq_len - 1):] for p in prompts]
+    encoded = [[tokenizer.eos_id, *tokenizer.encode(p)][-(loaded.config.max_seq_len - 1) :] for p in prompts]
     room = loaded.config.max_seq_len - max(map(len, encoded))
-    out = generate(loaded.model, encoded, min(samples.max_new_tokens, room),
-                   Sampling(samples.temperature, samples.top_k), eos_id=tokenizer.eos_id,
-                   generator=torch.Generator().manual_seed(samples.seed))
+    out = generate(
+        loaded.model,
+        encoded,
+        min(samples.max_new_tokens, room),
+        Sampling(samples.temperature, samples.top_k),
+        eos_id=tokenizer.eos_id,
+        generator=torch.Generator().manual_seed(samples.seed),
+    )
     return encoded, out
 
 
@@ -94,8 +103,13 @@ def score_heldout_pairs(checkpoint: str, records: list[dict[str, str]]) -> tuple
     pairs = [r for r in records if isinstance(r.get("chosen"), str) and isinstance(r.get("rejected"), str)]
     chosen = score(checkpoint, [(r["prompt"], r["chosen"]) for r in pairs])
     rejected = score(checkpoint, [(r["prompt"], r["rejected"]) for r in pairs])
-    table = {"prompt": [r["prompt"] for r in pairs], "chosen": [r["chosen"] for r in pairs],
-             "rejected": [r["rejected"] for r in pairs], "reward_chosen": chosen, "reward_rejected": rejected}
+    table = {
+        "prompt": [r["prompt"] for r in pairs],
+        "chosen": [r["chosen"] for r in pairs],
+        "rejected": [r["rejected"] for r in pairs],
+        "reward_chosen": chosen,
+        "reward_rejected": rejected,
+    }
     accuracy = sum(c > r for c, r in zip(chosen, rejected)) / max(len(pairs), 1)
     print(f"reward: held-out prompts: the chosen response scores higher in {100 * accuracy:.1f}% of {len(pairs)} pairs")
     return table, {"task/heldout_accuracy": accuracy}

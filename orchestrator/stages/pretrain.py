@@ -6,6 +6,7 @@ orchestrator.pretrain --config gpt-350m-gpu ...`). The driver only builds config
 and launches; the training itself is `workloads.loop.train_worker` running
 `workloads.stages.pretrain.PretrainStage`.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -55,9 +56,7 @@ class PretrainConfig:
                 getattr(self, section.name).validate()
         self.parallel.validate(self.scaling.num_workers, self.deepspeed.zero_stage, self.model.n_layers)
         if self.data.seq_len > self.model.max_seq_len:
-            raise UserInputError(
-                f"data.seq_len={self.data.seq_len} exceeds model.max_seq_len={self.model.max_seq_len}"
-            )
+            raise UserInputError(f"data.seq_len={self.data.seq_len} exceeds model.max_seq_len={self.model.max_seq_len}")
         self.train.resolved_global_batch(self.data_parallel_degree())
 
     def data_parallel_degree(self) -> int:
@@ -78,8 +77,11 @@ class PretrainConfig:
             "train": {k: v for k, v in dataclasses.asdict(self.train).items() if k not in CADENCE_FIELDS},
             "deepspeed": dataclasses.asdict(self.deepspeed),
             # Activation checkpointing and compiled blocks compute the same numbers: either may be switched on a resume.
-            "parallel": {k: v for k, v in dataclasses.asdict(self.parallel).items()
-                         if k not in ("activation_checkpointing", "compile_blocks")},
+            "parallel": {
+                k: v
+                for k, v in dataclasses.asdict(self.parallel).items()
+                if k not in ("activation_checkpointing", "compile_blocks")
+            },
         }
         if self.run.branch_from:  # a branch continues another run's curve: its origin is part of it
             identity["branch_from"] = self.run.branch_from
@@ -122,8 +124,11 @@ def resolve_paths(cfg: PretrainConfig) -> None:
     for field in ("corpus", "val_corpus"):
         spec = getattr(cfg.data, field)
         if spec and spec != EMBEDDED_CORPUS:
-            setattr(cfg.data, field, absolute(spec) if not glob.has_magic(spec) else
-                    os.path.join(os.getcwd(), os.path.expanduser(spec)))
+            setattr(
+                cfg.data,
+                field,
+                absolute(spec) if not glob.has_magic(spec) else os.path.join(os.getcwd(), os.path.expanduser(spec)),
+            )
     cfg.data.dataset_dir = absolute(cfg.data.dataset_dir)
     cfg.tokenizer.model_path = absolute(cfg.tokenizer.model_path)
     cfg.tracking.uri = absolute_tracking_uri(cfg.tracking.uri)
@@ -145,9 +150,13 @@ def check_branch(cfg: PretrainConfig, dataset_dir: Path) -> None:
     origin = Path(cfg.run.branch_from)
     description = read_description(origin)
     if description["model"] != dataclasses.asdict(cfg.model):
-        raise UserInputError(f"run.branch_from: {origin} holds a model of another shape or kind than this run's model section")
+        raise UserInputError(
+            f"run.branch_from: {origin} holds a model of another shape or kind than this run's model section"
+        )
     if Path(description["dataset_dir"]).resolve() != dataset_dir.resolve():
-        raise UserInputError(f"run.branch_from: {origin} was trained on {description['dataset_dir']}, this run on {dataset_dir}")
+        raise UserInputError(
+            f"run.branch_from: {origin} was trained on {description['dataset_dir']}, this run on {dataset_dir}"
+        )
 
 
 def pretrain(cfg: PretrainConfig, tags: dict[str, str] | None = None, callbacks: list | None = None) -> dict[str, Any]:
@@ -164,13 +173,16 @@ def pretrain(cfg: PretrainConfig, tags: dict[str, str] | None = None, callbacks:
             check_branch(cfg, dataset_dir)
         return dataset_dir, manifest
 
-    return train_on_ray(cfg, Launch(
-        stage="pretrain",
-        identity=cfg.training_identity(),
-        global_batch=cfg.train.resolved_global_batch(cfg.data_parallel_degree()),
-        prepare=prepare,
-        shuffle_seed=cfg.data.shuffle_seed,
-        tags=tags or {},
-        allow_global_batch_change=cfg.run.allow_global_batch_change,
-        callbacks=list(callbacks or []),
-    ))
+    return train_on_ray(
+        cfg,
+        Launch(
+            stage="pretrain",
+            identity=cfg.training_identity(),
+            global_batch=cfg.train.resolved_global_batch(cfg.data_parallel_degree()),
+            prepare=prepare,
+            shuffle_seed=cfg.data.shuffle_seed,
+            tags=tags or {},
+            allow_global_batch_change=cfg.run.allow_global_batch_change,
+            callbacks=list(callbacks or []),
+        ),
+    )

@@ -11,6 +11,7 @@ held-out prompts with the final and the starting policy, scores them with the sa
 measures the final policy's per-token KL to the starting one, and logs the samples, and the
 rollouts kept during the run, to MLflow as tables.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -43,9 +44,9 @@ from workloads.train_config import CADENCE_FIELDS
 
 SUMMARIES = {
     "ppo": "PPO from an SFT checkpoint: clipped surrogate, a critic and GAE, a KL penalty in the reward; rollout "
-           "actors, a reward model or function, and a DeepSpeed learner on Ray Train.",
+    "actors, a reward model or function, and a DeepSpeed learner on Ray Train.",
     "grpo": "GRPO from an SFT checkpoint: several responses per prompt, group-normalised rewards as advantages, no "
-            "critic, KL to the reference in the loss; rollout actors and a DeepSpeed learner on Ray Train.",
+    "critic, KL to the reference in the loss; rollout actors and a DeepSpeed learner on Ray Train.",
 }
 ROLLOUT_ACTOR_NAME = "rl-rollout-{index}"  # the driver's rollout actors, in this job's namespace
 
@@ -67,25 +68,36 @@ class RLStageConfig(StageConfig):
             if section.name != "parallel":
                 getattr(self, section.name).validate()
         if self.deepspeed.zero_stage == 3:
-            raise UserInputError("deepspeed.zero_stage=3: ZeRO-3 is not supported for RL yet (the weight sync and the "
-                                 "colocated generator read whole parameters); use 0, 1 or 2")
+            raise UserInputError(
+                "deepspeed.zero_stage=3: ZeRO-3 is not supported for RL yet (the weight sync and the "
+                "colocated generator read whole parameters); use 0, 1 or 2"
+            )
         if self.parallel.pipeline_stages != 1 or self.parallel.compile_blocks:
-            raise UserInputError("parallel: pipeline stages and compiled blocks are not supported for RL (the "
-                                 "learner also generates and scores whole sequences); only activation_checkpointing")
+            raise UserInputError(
+                "parallel: pipeline stages and compiled blocks are not supported for RL (the "
+                "learner also generates and scores whole sequences); only activation_checkpointing"
+            )
         if self.run.branch_from:
-            raise UserInputError("run.branch_from: not supported for RL; start a new run from a checkpoint with "
-                                 "model.init_from")
+            raise UserInputError(
+                "run.branch_from: not supported for RL; start a new run from a checkpoint with model.init_from"
+            )
         workers, micro, minibatch = self.scaling.num_workers, self.train.micro_batch_size, self.rl.minibatch_size
         rows = self.rl.prompts_per_iteration * self.group_size
         if rows % minibatch:
-            raise UserInputError(f"rl.minibatch_size={minibatch} does not divide the rollout batch of {rows} sequences "
-                                 f"(rl.prompts_per_iteration {self.rl.prompts_per_iteration} x {self.group_size} per prompt)")
+            raise UserInputError(
+                f"rl.minibatch_size={minibatch} does not divide the rollout batch of {rows} sequences "
+                f"(rl.prompts_per_iteration {self.rl.prompts_per_iteration} x {self.group_size} per prompt)"
+            )
         if minibatch % (workers * micro):
-            raise UserInputError(f"rl.minibatch_size={minibatch} is not a multiple of scaling.num_workers {workers} x "
-                                 f"train.micro_batch_size {micro}")
+            raise UserInputError(
+                f"rl.minibatch_size={minibatch} is not a multiple of scaling.num_workers {workers} x "
+                f"train.micro_batch_size {micro}"
+            )
         if self.rl.max_new_tokens + 2 > self.model.max_seq_len:
-            raise UserInputError(f"rl.max_new_tokens={self.rl.max_new_tokens} leaves no room for a prompt within "
-                                 f"model.max_seq_len={self.model.max_seq_len}")
+            raise UserInputError(
+                f"rl.max_new_tokens={self.rl.max_new_tokens} leaves no room for a prompt within "
+                f"model.max_seq_len={self.model.max_seq_len}"
+            )
 
     def algorithm_options(self) -> dict[str, Any]:
         return {}
@@ -127,6 +139,7 @@ TREES = {"ppo": PPOStageConfig, "grpo": GRPOStageConfig}
 # The starting policy and the reward model, resolved before anything starts
 # ---------------------------------------------------------------------------
 
+
 def resolve_rl_models(cfg: RLStageConfig) -> None:
     """The policy's shape from the starting checkpoint (as the fine-tuning stages take it); the reward
     model's checkpoint, refused unless it is a reward model with the policy's tokenizer."""
@@ -142,23 +155,35 @@ def check_reward_model(value: str, policy_tokenizer_sha256: str) -> str:
     checkpoint = resolve_checkpoint(value)
     description = read_description(checkpoint)
     if description.get("kind") != SCALAR_HEAD:
-        raise UserInputError(f"reward.model: {checkpoint} holds a {description.get('kind')}, not a reward model "
-                             "(trained by orchestrator.reward)")
+        raise UserInputError(
+            f"reward.model: {checkpoint} holds a {description.get('kind')}, not a reward model "
+            "(trained by orchestrator.reward)"
+        )
     theirs = description["tokenizer"]["sha256"]
     if theirs != policy_tokenizer_sha256:
-        raise UserInputError(f"reward.model: {checkpoint} uses another tokenizer (sha256 {theirs[:12]}...) than the "
-                             f"policy's model.init_from (sha256 {policy_tokenizer_sha256[:12]}...)")
+        raise UserInputError(
+            f"reward.model: {checkpoint} uses another tokenizer (sha256 {theirs[:12]}...) than the "
+            f"policy's model.init_from (sha256 {policy_tokenizer_sha256[:12]}...)"
+        )
     return str(checkpoint)
 
 
 def parse_rl_cli(algorithm: str, argv: list[str] | None) -> RLStageConfig:
-    return parse_tree(TREES[algorithm], argv, f"orchestrator.{algorithm}", SUMMARIES[algorithm], default_recipe="tiny",
-                      resolve=resolve_rl_models, recipe_dir=RECIPE_DIR / algorithm)
+    return parse_tree(
+        TREES[algorithm],
+        argv,
+        f"orchestrator.{algorithm}",
+        SUMMARIES[algorithm],
+        default_recipe="tiny",
+        resolve=resolve_rl_models,
+        recipe_dir=RECIPE_DIR / algorithm,
+    )
 
 
 # ---------------------------------------------------------------------------
 # The roles (Ray actors), started before the fit
 # ---------------------------------------------------------------------------
+
 
 def start_roles(cfg: RLStageConfig, tokenizer: Tokenizer) -> dict[str, Any]:
     """The reward scorer (checked with a trial call) and, in separated mode, the rollout workers."""
@@ -171,9 +196,17 @@ def start_roles(cfg: RLStageConfig, tokenizer: Tokenizer) -> dict[str, Any]:
     roles: dict[str, Any] = {"scorer": scorer, "scorer_spec": scorer_spec, "rollout": [], "rollout_spec": None}
     if cfg.rl.mode == "separated":
         sampling = {"temperature": cfg.rl.temperature, "top_k": cfg.rl.top_k, "top_p": cfg.rl.top_p}
-        spec = ActorSpec(RolloutWorker, {"model": dataclasses.asdict(cfg.model), "sampling": sampling,
-                                         "max_new_tokens": cfg.rl.max_new_tokens, "eos_id": tokenizer.eos_id},
-                         cfg.rl.actor_cpus, names=[ROLLOUT_ACTOR_NAME.format(index=i) for i in range(cfg.rl.rollout_workers)])
+        spec = ActorSpec(
+            RolloutWorker,
+            {
+                "model": dataclasses.asdict(cfg.model),
+                "sampling": sampling,
+                "max_new_tokens": cfg.rl.max_new_tokens,
+                "eos_id": tokenizer.eos_id,
+            },
+            cfg.rl.actor_cpus,
+            names=[ROLLOUT_ACTOR_NAME.format(index=i) for i in range(cfg.rl.rollout_workers)],
+        )
         roles["rollout"] = [spec.start(i) for i in range(cfg.rl.rollout_workers)]
         roles["rollout_spec"] = spec
         ray.get([worker.pid.remote() for worker in roles["rollout"]])  # they run: a failure to start shows here
@@ -188,6 +221,7 @@ def stop_roles(roles: dict[str, Any]) -> None:
 # ---------------------------------------------------------------------------
 # Running a stage
 # ---------------------------------------------------------------------------
+
 
 def rl_identity(cfg: RLStageConfig) -> str:
     """Hash of what determines the run's result (not cadence, resources or logging) and its inputs."""
@@ -213,7 +247,9 @@ def run_rl(cfg: RLStageConfig, parent_run_id: str = "") -> dict[str, Any]:
     _, tokenizer_file = starting_model(cfg.model.init_from)
     tokenizer = Tokenizer.load(tokenizer_file)
     if cfg.model.vocab_size < tokenizer.vocab_size:
-        raise UserInputError(f"model.vocab_size={cfg.model.vocab_size} is smaller than the tokenizer's ({tokenizer.vocab_size})")
+        raise UserInputError(
+            f"model.vocab_size={cfg.model.vocab_size} is smaller than the tokenizer's ({tokenizer.vocab_size})"
+        )
     print(f"{algorithm}: {ray_runtime.connect()}", flush=True)
     roles = start_roles(cfg, tokenizer)
     run_dir = cfg.run.run_dir()
@@ -233,22 +269,30 @@ def run_rl(cfg: RLStageConfig, parent_run_id: str = "") -> dict[str, Any]:
             raise UserInputError(f"{json.loads(stop.read_text())['reason']}; last checkpoint kept: {kept}")
 
     tags = {**lineage_tags(cfg, tokenizer, parent_run_id), "orchestrator.reward": cfg.reward.source}
-    options = {"rl": dataclasses.asdict(cfg.rl), "reward": dataclasses.asdict(cfg.reward),
-               "kl": dataclasses.asdict(cfg.kl), **cfg.algorithm_options(), "actors": roles}
+    options = {
+        "rl": dataclasses.asdict(cfg.rl),
+        "reward": dataclasses.asdict(cfg.reward),
+        "kl": dataclasses.asdict(cfg.kl),
+        **cfg.algorithm_options(),
+        "actors": roles,
+    }
     try:
-        return train_on_ray(cfg, Launch(
-            stage=algorithm,
-            identity=rl_identity(cfg),
-            global_batch=cfg.rl.minibatch_size,
-            prepare=prepare,
-            shuffle_seed=cfg.data.shuffle_seed,
-            options=options,
-            tags=tags,
-            after_training=lambda final, recorder: evaluate_heldout(cfg, final["checkpoint"], roles, recorder),
-            allow_global_batch_change=cfg.run.allow_global_batch_change,
-            train_loop=learner_worker,
-            check_result=check_result,
-        ))
+        return train_on_ray(
+            cfg,
+            Launch(
+                stage=algorithm,
+                identity=rl_identity(cfg),
+                global_batch=cfg.rl.minibatch_size,
+                prepare=prepare,
+                shuffle_seed=cfg.data.shuffle_seed,
+                options=options,
+                tags=tags,
+                after_training=lambda final, recorder: evaluate_heldout(cfg, final["checkpoint"], roles, recorder),
+                allow_global_batch_change=cfg.run.allow_global_batch_change,
+                train_loop=learner_worker,
+                check_result=check_result,
+            ),
+        )
     finally:
         stop_roles(roles)
 
@@ -260,8 +304,9 @@ def evaluate_heldout(cfg: RLStageConfig, checkpoint: str, roles: dict[str, Any],
     run_dir = cfg.run.run_dir()
     if recorder.run_id and (run_dir / SAMPLES_FILE).exists():
         rows = [json.loads(line) for line in (run_dir / SAMPLES_FILE).read_text().splitlines() if line.strip()]
-        recorder.client.log_table(recorder.run_id, data={key: [row[key] for row in rows] for key in rows[0]},
-                                  artifact_file="rollouts.json")
+        recorder.client.log_table(
+            recorder.run_id, data={key: [row[key] for row in rows] for key in rows[0]}, artifact_file="rollouts.json"
+        )
     records = heldout_records(cfg)
     if not records:
         return {}
@@ -275,7 +320,9 @@ def evaluate_heldout(cfg: RLStageConfig, checkpoint: str, roles: dict[str, Any],
     for suffix, loaded in policies.items():
         rollouts, responses = sample_heldout(loaded, prompts, cfg.samples)
         if suffix == "" and "_start" in policies:
-            metrics["heldout/kl"] = mean_token_kl(loaded.model, policies["_start"].model, rollouts, loaded.tokenizer.eos_id)
+            metrics["heldout/kl"] = mean_token_kl(
+                loaded.model, policies["_start"].model, rollouts, loaded.tokenizer.eos_id
+            )
         scored = scorer.call("score", [(prompts, responses)])[0]
         table[f"response{suffix}"] = responses
         if scored["rewards"] is not None:

@@ -4,6 +4,7 @@
 (resolved to that run's final checkpoint) or `hf:DIR`; the stage's model shape and tokenizer
 come from it, and a shape field set to something else is refused.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -19,8 +20,21 @@ from workloads.model import ModelConfig
 from workloads.tokenizer import Tokenizer
 
 # Fields that fix the model's shape: they come from the starting checkpoint.
-SHAPE_FIELDS = ("vocab_size", "d_model", "n_layers", "n_heads", "n_kv_heads", "max_seq_len", "mlp", "ffn_hidden",
-                "norm", "position", "rope_theta", "norm_eps", "tie_embeddings")
+SHAPE_FIELDS = (
+    "vocab_size",
+    "d_model",
+    "n_layers",
+    "n_heads",
+    "n_kv_heads",
+    "max_seq_len",
+    "mlp",
+    "ffn_hidden",
+    "norm",
+    "position",
+    "rope_theta",
+    "norm_eps",
+    "tie_embeddings",
+)
 MLFLOW_RUN_ID = re.compile(r"[0-9a-f]{32}")
 
 
@@ -41,7 +55,9 @@ def resolve_init_from(value: str, tracking_uri: str) -> str:
         try:
             run = MlflowClient(uri).get_run(value)
         except Exception as e:  # noqa: BLE001 - any failure to find it is the user's to fix
-            raise UserInputError(f"model.init_from: MLflow run {value} not found at {uri} ({str(e).splitlines()[0]})") from None
+            raise UserInputError(
+                f"model.init_from: MLflow run {value} not found at {uri} ({str(e).splitlines()[0]})"
+            ) from None
         checkpoint = run.data.tags.get("orchestrator.final_checkpoint")
         if not checkpoint:
             raise UserInputError(f"model.init_from: MLflow run {value} has no final checkpoint (unfinished?)")
@@ -62,16 +78,18 @@ def starting_model(init_from: str) -> tuple[ModelConfig, Path]:
 
 
 def take_model_from_start(cfg) -> Path:
-    """A stage tree's `model` section becomes the starting checkpoint's (init_from resolved; a shape field set to something
-    else refused); returns the checkpoint's tokenizer file."""
+    """A stage tree's `model` section becomes the starting checkpoint's (init_from resolved; a shape field set to
+    something else refused); returns the checkpoint's tokenizer file."""
     cfg.model.init_from = resolve_init_from(cfg.model.init_from, cfg.tracking.uri)
     start, tokenizer_file = starting_model(cfg.model.init_from)
     defaults = ModelConfig()
     for name in SHAPE_FIELDS:
         given, theirs = getattr(cfg.model, name), getattr(start, name)
         if given != getattr(defaults, name) and given != theirs:
-            raise UserInputError(f"model.{name}={given!r} disagrees with the starting checkpoint's {theirs!r} "
-                                 f"({cfg.model.init_from}); the model's shape comes from the checkpoint")
+            raise UserInputError(
+                f"model.{name}={given!r} disagrees with the starting checkpoint's {theirs!r} "
+                f"({cfg.model.init_from}); the model's shape comes from the checkpoint"
+            )
     cfg.model = dataclasses.replace(start, init_from=cfg.model.init_from, dropout=cfg.model.dropout)
     return tokenizer_file
 

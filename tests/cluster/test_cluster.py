@@ -5,6 +5,7 @@ its real consumer runs first: Ray's schema and validator (`ray up`), Ray's
 runtime-env parsing (`ray job submit --runtime-env`), and for the Kubernetes
 manifests the fields KubeRay needs and the numbers that must agree.
 """
+
 from __future__ import annotations
 
 import copy
@@ -201,7 +202,7 @@ def test_rayjob_runs_pretrain_on_a_copy_of_the_raycluster():
     workers = job["rayClusterSpec"]["workerGroupSpecs"]
     limits = [group["template"]["spec"]["containers"][0]["resources"]["limits"] for group in workers]
     assert cfg.scaling.use_gpu
-    assert cfg.scaling.num_workers == sum(g["replicas"] * l["nvidia.com/gpu"] for g, l in zip(workers, limits))
+    assert cfg.scaling.num_workers == sum(g["replicas"] * lim["nvidia.com/gpu"] for g, lim in zip(workers, limits))
     for limit in limits:
         assert limit["nvidia.com/gpu"] * cfg.scaling.cpus_per_worker <= float(limit["cpu"])
     assert cfg.scaling.nccl_preset in list_presets()

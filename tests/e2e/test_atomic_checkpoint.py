@@ -1,4 +1,5 @@
 """The whole job SIGKILLed while it saves a checkpoint: the previous one stays valid and is resumed."""
+
 from __future__ import annotations
 
 import json
@@ -18,8 +19,12 @@ from tests.helpers import check_sample_history, ensure_local_ray, launch_tiny, r
 pytestmark = pytest.mark.slow
 
 STEPS = 40
-SETTINGS = (f"--train.max_steps={STEPS}", "--train.checkpoint_interval=4", "--train.eval_interval=20",
-            "--train.log_interval=20")
+SETTINGS = (
+    f"--train.max_steps={STEPS}",
+    "--train.checkpoint_interval=4",
+    "--train.eval_interval=20",
+    "--train.log_interval=20",
+)
 
 
 def job_processes(job: subprocess.Popen) -> list[psutil.Process]:
@@ -81,7 +86,9 @@ def test_job_killed_during_a_save_resumes_from_the_previous_checkpoint(tiny_data
     assert max(step_metrics(run_dir)) >= interrupted  # it really died mid-run, past the last commit
 
     ray_tmp = tempfile.mkdtemp(prefix="raykill-", dir="/tmp")
-    resubmitted = launch_tiny(tiny_dataset, tmp_path, tracking_uri, *SETTINGS, env={**os.environ, "RAY_TMPDIR": ray_tmp})
+    resubmitted = launch_tiny(
+        tiny_dataset, tmp_path, tracking_uri, *SETTINGS, env={**os.environ, "RAY_TMPDIR": ray_tmp}
+    )
     output, _ = resubmitted.communicate(timeout=600)
     shutil.rmtree(ray_tmp, ignore_errors=True)
     assert resubmitted.returncode == 0, output[-3000:]

@@ -1,4 +1,5 @@
 """Bad input: one line naming the problem, a non-zero exit, nothing overwritten or lost."""
+
 from __future__ import annotations
 
 import re

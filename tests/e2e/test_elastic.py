@@ -1,4 +1,5 @@
 """Resume on another worker count (ZeRO 1-3), with the data order and optimizer state intact."""
+
 from __future__ import annotations
 
 import pytest
@@ -11,8 +12,10 @@ STEPS, HALT = 20, 10
 # A gentler learning rate than the tiny recipe's 3e-3: W and W' workers sum gradients in a
 # different order (1e-7 relative), and a high rate amplifies that rounding step after step.
 LR = "--train.lr=1e-3"
-LAYOUT = {1: ("--scaling.num_workers=1", "--train.grad_accum_steps=2"),
-          2: ("--scaling.num_workers=2", "--train.grad_accum_steps=1")}  # global batch 8 either way
+LAYOUT = {
+    1: ("--scaling.num_workers=1", "--train.grad_accum_steps=2"),
+    2: ("--scaling.num_workers=2", "--train.grad_accum_steps=1"),
+}  # global batch 8 either way
 
 
 # ZeRO 3 covers restore()'s repairs of DeepSpeed's ZeRO-3 universal loader (per-group optimizer

@@ -1,4 +1,5 @@
 """`python -m orchestrator.export` on a real tiny checkpoint, run as a user runs it."""
+
 from __future__ import annotations
 
 import json
@@ -19,8 +20,14 @@ from workloads.checkpoints.loading import load_checkpoint
 def export(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     """The CLI in its own process; cwd decides where MLflow puts artifacts of a sqlite store."""
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    return subprocess.run([sys.executable, "-m", "orchestrator.export", *map(str, args)], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "orchestrator.export", *map(str, args)],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -73,14 +80,26 @@ def test_non_empty_out_is_refused_and_left_alone(tiny_checkpoint, tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["taken"]
 
 
-def test_register_makes_a_new_version_per_export_that_mlflow_loads_as_a_pipeline(tiny_checkpoint, tmp_path, monkeypatch):
+def test_register_makes_a_new_version_per_export_that_mlflow_loads_as_a_pipeline(
+    tiny_checkpoint, tmp_path, monkeypatch
+):
     import mlflow
     import mlflow.transformers
 
     uri = f"sqlite:///{tmp_path / 'registry.db'}"
     for version in (1, 2):
-        done = export(tiny_checkpoint, "--format", "hf", "--out", tmp_path / f"hf{version}", "--register", "tiny-gpt",
-                      "--tracking-uri", uri, cwd=tmp_path)
+        done = export(
+            tiny_checkpoint,
+            "--format",
+            "hf",
+            "--out",
+            tmp_path / f"hf{version}",
+            "--register",
+            "tiny-gpt",
+            "--tracking-uri",
+            uri,
+            cwd=tmp_path,
+        )
         assert done.returncode == 0, done.stderr
         assert f"models:/tiny-gpt/{version}" in done.stdout
 

@@ -1,4 +1,5 @@
 """A training worker SIGKILLed mid-run: Ray Train restarts from the latest checkpoint by itself."""
+
 from __future__ import annotations
 
 import os
@@ -15,13 +16,16 @@ from tests.helpers import check_sample_history, ensure_local_ray, launch_tiny, r
 pytestmark = pytest.mark.slow
 
 STEPS = 300
-SETTINGS = (f"--train.max_steps={STEPS}", "--train.checkpoint_interval=50", "--train.eval_interval=150",
-            "--train.log_interval=50")
+SETTINGS = (
+    f"--train.max_steps={STEPS}",
+    "--train.checkpoint_interval=50",
+    "--train.eval_interval=150",
+    "--train.log_interval=50",
+)
 
 
 def training_workers(job: subprocess.Popen) -> list[psutil.Process]:
-    return [p for p in psutil.Process(job.pid).children(recursive=True)
-            if "RayTrainWorker" in " ".join(p.cmdline())]
+    return [p for p in psutil.Process(job.pid).children(recursive=True) if "RayTrainWorker" in " ".join(p.cmdline())]
 
 
 def test_sigkilled_worker_is_replaced_and_the_curve_is_unchanged(tiny_dataset, tmp_path):
@@ -29,7 +33,9 @@ def test_sigkilled_worker_is_replaced_and_the_curve_is_unchanged(tiny_dataset, t
 
     ray.shutdown()  # the job below starts its own Ray, as a user's would
     run_dir = tmp_path / "tiny"
-    job = launch_tiny(tiny_dataset, tmp_path, f"sqlite:///{tmp_path / 'mlflow.db'}", "--scaling.max_failures=2", *SETTINGS)
+    job = launch_tiny(
+        tiny_dataset, tmp_path, f"sqlite:///{tmp_path / 'mlflow.db'}", "--scaling.max_failures=2", *SETTINGS
+    )
     try:
         deadline = time.monotonic() + 300
         while not (run_dir / "metrics.jsonl").exists() or len(step_metrics(run_dir)) < 120:

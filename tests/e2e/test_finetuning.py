@@ -4,6 +4,7 @@ The built-in task shows each stage works: SFT lowers the held-out response loss,
 reward model ranks held-out pairs, and DPO raises the rate of the preferred property
 (responses written as comments) on held-out prompts over the SFT model's.
 """
+
 from __future__ import annotations
 
 import json
@@ -26,8 +27,13 @@ def workspace(alignment_home):
 
 
 def stage_args(workspace, *overrides: str) -> list[str]:
-    return ["--config", "tiny", f"--run.output_dir={workspace['runs']}", f"--tracking.uri={workspace['uri']}",
-            *overrides]
+    return [
+        "--config",
+        "tiny",
+        f"--run.output_dir={workspace['runs']}",
+        f"--tracking.uri={workspace['uri']}",
+        *overrides,
+    ]
 
 
 def train(stage: str, workspace, start, *overrides: str) -> dict:
@@ -42,23 +48,36 @@ def sft(tiny_sft):
 def test_sft_lowers_the_held_out_response_loss_of_the_pretrained_model(sft, workspace):
     evals = step_metrics(workspace["root"] / "runs" / "sft-tiny", "eval/loss")
     assert evals[0] > sft["eval/loss"] == evals[sft["step"]]
-    print(f"SFT held-out response loss: pretrained {evals[0]:.4f} -> {evals[sft['step']]:.4f}; "
-          f"property rate after SFT {sft['task/property_rate']:.3f}")
+    print(
+        f"SFT held-out response loss: pretrained {evals[0]:.4f} -> {evals[sft['step']]:.4f}; "
+        f"property rate after SFT {sft['task/property_rate']:.3f}"
+    )
 
 
 def test_the_reward_model_ranks_held_out_pairs(tiny_reward_model, workspace):
     reward = tiny_reward_model
-    print(f"reward model: held-out pairwise accuracy {reward['eval/accuracy']:.3f}, margin {reward['eval/margin']:.3f}; "
-          f"built-in held-out prompts {reward['task/heldout_accuracy']:.3f}")
+    print(
+        f"reward model: held-out pairwise accuracy {reward['eval/accuracy']:.3f}, margin {reward['eval/margin']:.3f}; "
+        f"built-in held-out prompts {reward['task/heldout_accuracy']:.3f}"
+    )
     assert reward["eval/accuracy"] >= 0.8 and reward["task/heldout_accuracy"] >= 0.8
 
     pairs = workspace["root"] / "runs" / "datasets" / "builtin-task" / "heldout.jsonl"
     records = [json.loads(line) for line in pairs.read_text().splitlines()][:20]
     scored = workspace["root"] / "score.jsonl"
-    scored.write_text("".join(json.dumps({"prompt": r["prompt"], "response": r[side]}) + "\n"
-                              for r in records for side in ("chosen", "rejected")))
-    done = subprocess.run([sys.executable, "-m", "orchestrator.score_rewards", reward["checkpoint"], str(scored)],
-                          capture_output=True, text=True, timeout=300)
+    scored.write_text(
+        "".join(
+            json.dumps({"prompt": r["prompt"], "response": r[side]}) + "\n"
+            for r in records
+            for side in ("chosen", "rejected")
+        )
+    )
+    done = subprocess.run(
+        [sys.executable, "-m", "orchestrator.score_rewards", reward["checkpoint"], str(scored)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr
     rewards = [json.loads(line)["reward"] for line in done.stdout.splitlines()]
     assert len(rewards) == 40
@@ -67,8 +86,10 @@ def test_the_reward_model_ranks_held_out_pairs(tiny_reward_model, workspace):
 
 def test_dpo_raises_the_property_rate_over_the_sft_model_and_records_its_lineage(sft, workspace):
     dpo = train("dpo", workspace, sft["checkpoint"])
-    print(f"DPO: property rate {sft['task/property_rate']:.3f} (SFT) -> {dpo['task/property_rate']:.3f}; "
-          f"held-out preference accuracy {dpo['eval/accuracy']:.3f}")
+    print(
+        f"DPO: property rate {sft['task/property_rate']:.3f} (SFT) -> {dpo['task/property_rate']:.3f}; "
+        f"held-out preference accuracy {dpo['eval/accuracy']:.3f}"
+    )
     assert dpo["task/property_rate"] >= sft["task/property_rate"] + 0.20
 
     client = MlflowClient(workspace["uri"])
@@ -99,9 +120,15 @@ def test_bad_preference_records_stop_the_stage_before_anything_is_written(worksp
 
 def test_a_shape_field_that_disagrees_with_the_checkpoint_is_refused(workspace):
     with pytest.raises(UserInputError, match=r"model.d_model=128 disagrees with the starting checkpoint's 64"):
-        parse_stage_cli("sft", stage_args(workspace, f"--model.init_from={workspace['pretrained']}", "--model.d_model=128"))
-    assert parse_stage_cli("sft", stage_args(workspace, f"--model.init_from={workspace['pretrained']}",
-                                             "--model.d_model=64")).model.d_model == 64
+        parse_stage_cli(
+            "sft", stage_args(workspace, f"--model.init_from={workspace['pretrained']}", "--model.d_model=128")
+        )
+    assert (
+        parse_stage_cli(
+            "sft", stage_args(workspace, f"--model.init_from={workspace['pretrained']}", "--model.d_model=64")
+        ).model.d_model
+        == 64
+    )
 
 
 def test_a_stage_as_a_user_runs_it_refuses_a_dataset_of_another_tokenizer(workspace, sft, tmp_path):
@@ -116,13 +143,24 @@ def test_a_stage_as_a_user_runs_it_refuses_a_dataset_of_another_tokenizer(worksp
     manifest = json.loads((foreign / MANIFEST_FILE).read_text())
     manifest["tokenizer"]["sha256"] = "0" * 64
     (foreign / MANIFEST_FILE).write_text(json.dumps(manifest))
-    done = subprocess.run([sys.executable, "-m", "orchestrator.sft", *stage_args(workspace, "--run.name=foreign"),
-                           f"--model.init_from={workspace['pretrained']}", f"--data.train_file={foreign}"],
-                          capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "orchestrator.sft",
+            *stage_args(workspace, "--run.name=foreign"),
+            f"--model.init_from={workspace['pretrained']}",
+            f"--data.train_file={foreign}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 2
     assert done.stderr.strip().splitlines()[-1] == (
         f"error: {foreign}: tokenized with another tokenizer (000000000000...) than the starting checkpoint's "
-        f"({manifest_sha(prepared)[:12]}...)")
+        f"({manifest_sha(prepared)[:12]}...)"
+    )
     assert not (workspace["root"] / "runs" / "foreign").exists()
 
 
@@ -132,9 +170,11 @@ def manifest_sha(dataset) -> str:
 
 def test_an_mlflow_run_id_names_that_runs_final_checkpoint(workspace, tiny_run):
     run_id = json.loads((tiny_run["run_dir"] / "run.json").read_text())["mlflow_run_id"]
-    cfg = parse_stage_cli("sft", ["--config", "tiny", f"--model.init_from={run_id}",
-                                  f"--tracking.uri={tiny_run['tracking_uri']}"])
+    cfg = parse_stage_cli(
+        "sft", ["--config", "tiny", f"--model.init_from={run_id}", f"--tracking.uri={tiny_run['tracking_uri']}"]
+    )
     assert cfg.model.init_from == f"checkpoint:{tiny_run['checkpoint'].resolve()}"
     with pytest.raises(UserInputError, match=f"model.init_from: MLflow run {'0' * 32} not found"):
-        parse_stage_cli("sft", ["--config", "tiny", f"--model.init_from={'0' * 32}",
-                                f"--tracking.uri={tiny_run['tracking_uri']}"])
+        parse_stage_cli(
+            "sft", ["--config", "tiny", f"--model.init_from={'0' * 32}", f"--tracking.uri={tiny_run['tracking_uri']}"]
+        )

@@ -3,6 +3,7 @@
 The Llama model (grouped-query attention) is built and saved by transformers inside the
 test, with the tiny dataset's sentencepiece tokenizer; nothing is downloaded.
 """
+
 from __future__ import annotations
 
 import pytest
@@ -24,9 +25,18 @@ pytestmark = pytest.mark.slow
 def llama_dir(tiny_dataset, tmp_path_factory):
     torch.manual_seed(0)
     config = transformers.LlamaConfig(
-        vocab_size=512, hidden_size=64, intermediate_size=192, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2, max_position_embeddings=64, rms_norm_eps=1e-5, tie_word_embeddings=True,
-        bos_token_id=None, eos_token_id=1, pad_token_id=None,
+        vocab_size=512,
+        hidden_size=64,
+        intermediate_size=192,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=64,
+        rms_norm_eps=1e-5,
+        tie_word_embeddings=True,
+        bos_token_id=None,
+        eos_token_id=1,
+        pad_token_id=None,
     )
     model = transformers.LlamaForCausalLM(config).eval()
     directory = tmp_path_factory.mktemp("llama")
@@ -37,8 +47,15 @@ def llama_dir(tiny_dataset, tmp_path_factory):
 
 def test_the_imported_config_sets_shape_and_tokenizer(llama_dir, tiny_dataset):
     directory, _ = llama_dir
-    cfg = parse_cli(["--config", "tiny", f"--data.corpus={tiny_dataset}", f"--model.init_from=hf:{directory}",
-                     "--model.attention_mask=causal"])
+    cfg = parse_cli(
+        [
+            "--config",
+            "tiny",
+            f"--data.corpus={tiny_dataset}",
+            f"--model.init_from=hf:{directory}",
+            "--model.attention_mask=causal",
+        ]
+    )
     assert (cfg.model.d_model, cfg.model.n_heads, cfg.model.n_kv_heads, cfg.model.ffn_hidden) == (64, 4, 2, 192)
     assert cfg.model.init_from == f"hf:{directory.resolve()}" and cfg.model.attention_mask == "causal"
     assert cfg.tokenizer.model_path == str(directory.resolve() / "tokenizer.model")
@@ -47,9 +64,17 @@ def test_the_imported_config_sets_shape_and_tokenizer(llama_dir, tiny_dataset):
 def test_pretraining_starts_from_the_imported_weights_and_exports_back(llama_dir, tiny_dataset, tmp_path, ray_local):
     directory, hf_model = llama_dir
     # Plain causal attention, as transformers computes it, so step 1's loss can be checked against it.
-    final = run_tiny(tiny_dataset, tmp_path, f"sqlite:///{tmp_path / 'mlflow.db'}", "--run.name=imported",
-                     f"--model.init_from=hf:{directory}", "--model.attention_mask=causal", "--train.max_steps=6",
-                     "--train.eval_interval=6", "--train.checkpoint_interval=0")
+    final = run_tiny(
+        tiny_dataset,
+        tmp_path,
+        f"sqlite:///{tmp_path / 'mlflow.db'}",
+        "--run.name=imported",
+        f"--model.init_from=hf:{directory}",
+        "--model.attention_mask=causal",
+        "--train.max_steps=6",
+        "--train.eval_interval=6",
+        "--train.checkpoint_interval=0",
+    )
     losses = step_metrics(tmp_path / "imported")
     train = PackedDataset(tiny_dataset, "train")
     tokens, _ = train.get(stream_indices(train.num_samples, 0, 8, seed=0))  # the first global batch

@@ -1,4 +1,5 @@
 """`ray start --head` + `ray job submit -- python -m orchestrator.pretrain`, with token auth on."""
+
 from __future__ import annotations
 
 import os
@@ -20,8 +21,6 @@ pytestmark = pytest.mark.slow
 RAY = str(Path(sys.executable).parent / "ray")
 
 
-
-
 @pytest.fixture(scope="module")
 def head_node(tmp_path_factory):
     """A Ray head started like a user would, with token authentication, torn down afterwards."""
@@ -38,9 +37,22 @@ def head_node(tmp_path_factory):
     # --block keeps the head's processes in this process group, so the teardown stops
     # exactly this cluster and nothing else running on the machine.
     head = subprocess.Popen(
-        [RAY, "start", "--head", "--block", f"--port={free_port()}", f"--dashboard-port={dashboard_port}",
-         "--dashboard-host=127.0.0.1", "--num-cpus=2", "--disable-usage-stats"],
-        env=env, cwd=home, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+        [
+            RAY,
+            "start",
+            "--head",
+            "--block",
+            f"--port={free_port()}",
+            f"--dashboard-port={dashboard_port}",
+            "--dashboard-host=127.0.0.1",
+            "--num-cpus=2",
+            "--disable-usage-stats",
+        ],
+        env=env,
+        cwd=home,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
     )
     address = f"http://127.0.0.1:{dashboard_port}"
     deadline = time.monotonic() + 90
@@ -56,15 +68,26 @@ def head_node(tmp_path_factory):
 def submit(address: str, env: dict, *entrypoint: str) -> subprocess.CompletedProcess:
     return subprocess.run(
         [RAY, "job", "submit", "--address", address, "--", *entrypoint],
-        env=env, capture_output=True, text=True, timeout=600,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
 
 
 def test_pretrain_runs_as_a_submitted_job(head_node, small_corpus, tmp_path):
     address, env = head_node
     done = submit(
-        address, env, "python", "-m", "orchestrator.pretrain", "--config", "tiny", f"--data.corpus={small_corpus}",
-        f"--run.output_dir={tmp_path}/runs", f"--tracking.uri=sqlite:///{tmp_path}/mlflow.db",
+        address,
+        env,
+        "python",
+        "-m",
+        "orchestrator.pretrain",
+        "--config",
+        "tiny",
+        f"--data.corpus={small_corpus}",
+        f"--run.output_dir={tmp_path}/runs",
+        f"--tracking.uri=sqlite:///{tmp_path}/mlflow.db",
     )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert "pretrain: cluster at" in done.stdout  # joined the submitted-to cluster, did not start its own

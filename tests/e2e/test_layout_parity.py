@@ -1,4 +1,5 @@
 """Every parallel layout trains the same curve: 1 and 2 workers x ZeRO 0-3, pipelines, pipelines x data parallel."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -126,8 +127,9 @@ def test_curves_agree_closely_enough_to_catch_gradient_clipping_errors(curves):
 def test_pipeline_resume_continues_the_same_loss_curve(curves, tiny_dataset, layout_runs, tracking_uri):
     straight, _, _ = curves[RESUMED]
     name = f"{RESUMED.name}-resumed"
-    halted = run_tiny(tiny_dataset, layout_runs, tracking_uri, f"--run.name={name}", "--train.halt_at_step=7",
-                      *RESUMED.overrides())
+    halted = run_tiny(
+        tiny_dataset, layout_runs, tracking_uri, f"--run.name={name}", "--train.halt_at_step=7", *RESUMED.overrides()
+    )
     assert halted["step"] == 7
     final = run_tiny(tiny_dataset, layout_runs, tracking_uri, f"--run.name={name}", *RESUMED.overrides())
     assert final["step"] == STEPS

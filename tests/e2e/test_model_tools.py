@@ -3,6 +3,7 @@
 Every test starts from the one shared tiny checkpoint (`tiny_run` in conftest) and
 runs the commands as subprocesses, as a user types them.
 """
+
 from __future__ import annotations
 
 import json
@@ -19,18 +20,26 @@ pytestmark = pytest.mark.slow
 
 
 def run(module: str, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", f"orchestrator.{module}", *map(str, args)],
-                          capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", f"orchestrator.{module}", *map(str, args)], capture_output=True, text=True, timeout=300
+    )
 
 
 def test_generate_prints_greedy_text_equal_to_the_library_call_and_its_speed(tiny_checkpoint):
-    done = run("generate", tiny_checkpoint, "--prompt", "def ", "--temperature", "0", "--max-new-tokens", "20", "--json")
+    done = run(
+        "generate", tiny_checkpoint, "--prompt", "def ", "--temperature", "0", "--max-new-tokens", "20", "--json"
+    )
     assert done.returncode == 0, done.stderr
     result = json.loads(done.stdout)
     loaded = load_checkpoint(tiny_checkpoint)
     tokenizer = loaded.tokenizer
-    expected = generate(loaded.model, [[tokenizer.eos_id, *tokenizer.encode("def ")]], 20, Sampling(temperature=0),
-                        eos_id=tokenizer.eos_id)
+    expected = generate(
+        loaded.model,
+        [[tokenizer.eos_id, *tokenizer.encode("def ")]],
+        20,
+        Sampling(temperature=0),
+        eos_id=tokenizer.eos_id,
+    )
     completion = result["completions"][0]
     assert completion["completion"] == tokenizer.decode(expected.tokens[0])
     assert completion["new_tokens"] == len(expected.tokens[0]) > 0
@@ -61,8 +70,15 @@ def test_generate_caps_new_tokens_to_the_context_and_refuses_or_cuts_long_prompt
 
 
 def test_evaluate_dataset_repeats_trainings_evaluation_and_records_a_run_of_its_own(tiny_run, tiny_dataset):
-    done = run("evaluate", tiny_run["checkpoint"], "--dataset", tiny_dataset, "--json",
-               "--tracking-uri", tiny_run["tracking_uri"])
+    done = run(
+        "evaluate",
+        tiny_run["checkpoint"],
+        "--dataset",
+        tiny_dataset,
+        "--json",
+        "--tracking-uri",
+        tiny_run["tracking_uri"],
+    )
     assert done.returncode == 0, done.stderr
     result = json.loads(done.stdout)
     (scored,) = result["results"].values()
@@ -100,5 +116,7 @@ def test_evaluate_scores_every_token_of_any_text_once(tiny_checkpoint, small_cor
 def test_a_path_that_is_no_checkpoint_is_refused_in_one_line(tmp_path):
     done = run("generate", tmp_path, "--prompt", "x")
     assert done.returncode == 2
-    assert done.stderr.strip() == (f"error: {tmp_path}: not a checkpoint (no training_state.json) nor a run directory "
-                                   "(no train/checkpoint_manager_snapshot.json)")
+    assert done.stderr.strip() == (
+        f"error: {tmp_path}: not a checkpoint (no training_state.json) nor a run directory "
+        "(no train/checkpoint_manager_snapshot.json)"
+    )

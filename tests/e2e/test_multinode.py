@@ -6,6 +6,7 @@ one worker on each node. Where the workers ran is read back from Ray's state
 API (the node id of each `RayTrainWorker` actor), not from log text: nodes of
 such a cluster all report the same IP, but their node ids differ.
 """
+
 from __future__ import annotations
 
 import shutil
@@ -16,8 +17,6 @@ import pytest
 from tests.helpers import free_port, run_tiny, step_metrics
 
 pytestmark = pytest.mark.slow
-
-
 
 
 @pytest.fixture
@@ -74,8 +73,13 @@ def test_two_workers_train_on_two_nodes(two_node_cluster, tiny_dataset, tmp_path
     assert ray.cluster_resources().get("CPU") == 2
 
     final = run_tiny(
-        tiny_dataset, tmp_path, f"sqlite:///{tmp_path / 'mlflow.db'}", "--run.name=two-nodes",
-        "--scaling.num_workers=2", "--scaling.cpus_per_worker=1", "--scaling.placement_strategy=SPREAD",
+        tiny_dataset,
+        tmp_path,
+        f"sqlite:///{tmp_path / 'mlflow.db'}",
+        "--run.name=two-nodes",
+        "--scaling.num_workers=2",
+        "--scaling.cpus_per_worker=1",
+        "--scaling.placement_strategy=SPREAD",
         "--train.grad_accum_steps=1",  # the recipe's global batch of 8 sequences with 2 workers
     )
 
@@ -89,7 +93,9 @@ def test_two_workers_train_on_two_nodes(two_node_cluster, tiny_dataset, tmp_path
     # Where it ran: the run's two training workers, each on its own node of this cluster.
     # This cluster is fresh, so every RayTrainWorker in it belongs to this run.
     workers = list_actors(
-        address=two_node_cluster.address, filters=[("class_name", "=", "RayTrainWorker")], detail=True,
+        address=two_node_cluster.address,
+        filters=[("class_name", "=", "RayTrainWorker")],
+        detail=True,
         raise_on_missing_output=False,
     )
     assert len(workers) == 2, [(w.actor_id, w.state, w.node_id) for w in workers]

@@ -1,4 +1,5 @@
 """`python -m orchestrator.prepare` as a user runs it: pretrain recipes and overrides, --verify, one-line errors."""
+
 from __future__ import annotations
 
 import dataclasses

@@ -3,6 +3,7 @@
 Training under every layout (1 and 2 workers x ZeRO 0-3, pipeline stages) and the
 loss parity between layouts are in test_layout_parity.py, which trains each layout once.
 """
+
 from __future__ import annotations
 
 import json
@@ -20,8 +21,15 @@ def tracking_uri(tmp_path_factory) -> str:
 
 
 def test_resume_continues_the_same_loss_curve(tiny_dataset, tmp_path, tracking_uri, ray_local):
-    run_tiny(tiny_dataset, tmp_path, tracking_uri, "--run.name=straight", "--train.checkpoint_interval=4",
-             "--train.eval_interval=4", "--train.keep_checkpoints=2")
+    run_tiny(
+        tiny_dataset,
+        tmp_path,
+        tracking_uri,
+        "--run.name=straight",
+        "--train.checkpoint_interval=4",
+        "--train.eval_interval=4",
+        "--train.keep_checkpoints=2",
+    )
     kept = sorted(p for p in (tmp_path / "straight" / "train").glob("checkpoint_*") if p.is_dir())
     assert [json.loads((c / "training_state.json").read_text())["step"] for c in kept] == [16, 20]
     evaluated = step_metrics(tmp_path / "straight", "eval/loss")

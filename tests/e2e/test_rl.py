@@ -6,6 +6,7 @@ reward and the maximum, with the KL to the reference under its target; PPO with 
 reward model raises the property's held-out rate by 20 points. A rollout actor killed mid-run is
 replaced and the run resumes and finishes; bad rewards and bad configs stop with one line.
 """
+
 from __future__ import annotations
 
 import json
@@ -43,7 +44,13 @@ def reward_model(tiny_reward_model):
 
 
 def stage_args(workspace, *overrides: str) -> list[str]:
-    return ["--config", "tiny", f"--run.output_dir={workspace['runs']}", f"--tracking.uri={workspace['uri']}", *overrides]
+    return [
+        "--config",
+        "tiny",
+        f"--run.output_dir={workspace['runs']}",
+        f"--tracking.uri={workspace['uri']}",
+        *overrides,
+    ]
 
 
 def rl_args(workspace, sft, *overrides: str) -> list[str]:
@@ -62,8 +69,7 @@ def curve(run_dir, key: str) -> list[float]:
     return [round(values[i], 4) for i in sorted(values)]
 
 
-def test_grpo_closes_half_the_gap_to_the_maximum_within_the_kl_target_through_a_lost_actor_and_a_resume(
-        workspace, sft):
+def test_grpo_closes_half_the_gap_to_the_maximum_within_the_kl_target_through_a_lost_actor_and_a_resume(workspace, sft):
     """GRPO with the rule reward from code (workloads.task:property_reward), run as it would be interrupted:
     rollout actor 0 is SIGKILLed during iteration 2 or so (its share is retried on a replacement), the
     first submission halts at iteration 15 with a checkpoint, and resubmitting the run's name finishes it."""
@@ -99,9 +105,11 @@ def test_grpo_closes_half_the_gap_to_the_maximum_within_the_kl_target_through_a_
 
     start = final["heldout/reward_mean_start"]  # the SFT model's, same prompts, sampler and seed
     assert start == pytest.approx(sft["task/property_rate"])  # the rule reward is the property
-    print(f"GRPO held-out reward {start:.3f} (SFT) -> {final['heldout/reward_mean']:.3f}, held-out KL per token "
-          f"{final['heldout/kl']:.4f} (target {cfg.kl.target}); training reward by iteration "
-          f"{curve(run_dir, 'rl/reward_mean')}; KL per token {curve(run_dir, 'rl/kl')}")
+    print(
+        f"GRPO held-out reward {start:.3f} (SFT) -> {final['heldout/reward_mean']:.3f}, held-out KL per token "
+        f"{final['heldout/kl']:.4f} (target {cfg.kl.target}); training reward by iteration "
+        f"{curve(run_dir, 'rl/reward_mean')}; KL per token {curve(run_dir, 'rl/kl')}"
+    )
     assert final["heldout/reward_mean"] >= start + (1.0 - start) / 2
     assert final["heldout/kl"] < cfg.kl.target
 
@@ -129,11 +137,13 @@ def test_ppo_with_the_reward_model_raises_the_property_rate_by_20_points(workspa
     """Colocated: the learner generates with its own policy (no rollout actors)."""
     cfg, final = run("ppo", workspace, sft, f"--reward.model={reward_model['checkpoint']}", "--rl.mode=colocated")
     run_dir = cfg.run.run_dir()
-    print(f"PPO property rate {sft['task/property_rate']:.3f} (SFT) -> {final['task/property_rate']:.3f}, held-out KL "
-          f"per token {final['heldout/kl']:.4f} (target {cfg.kl.target}); held-out reward-model score "
-          f"{final['heldout/reward_mean_start']:.3f} -> {final['heldout/reward_mean']:.3f}; training reward by iteration "
-          f"{curve(run_dir, 'rl/reward_mean')}; KL per token {curve(run_dir, 'rl/kl')}; value loss "
-          f"{curve(run_dir, 'rl/value_loss')}")
+    print(
+        f"PPO property rate {sft['task/property_rate']:.3f} (SFT) -> {final['task/property_rate']:.3f}, held-out KL "
+        f"per token {final['heldout/kl']:.4f} (target {cfg.kl.target}); held-out reward-model score "
+        f"{final['heldout/reward_mean_start']:.3f} -> {final['heldout/reward_mean']:.3f}; training reward by iteration "
+        f"{curve(run_dir, 'rl/reward_mean')}; KL per token {curve(run_dir, 'rl/kl')}; value loss "
+        f"{curve(run_dir, 'rl/value_loss')}"
+    )
     assert final["task/property_rate_start"] == pytest.approx(sft["task/property_rate"])
     assert final["task/property_rate"] >= sft["task/property_rate"] + 0.20
     assert final["heldout/kl"] < cfg.kl.target
@@ -166,18 +176,20 @@ def test_a_reward_model_with_another_tokenizer_is_refused(workspace, sft, reward
     policy_sha = json.loads((Path(sft["checkpoint"]) / "model.json").read_text())["tokenizer"]["sha256"]
     with pytest.raises(UserInputError) as refused:
         parse_rl_cli("ppo", rl_args(workspace, sft, f"--reward.model={foreign}"))
-    assert str(refused.value) == (f"reward.model: {foreign.resolve()} uses another tokenizer (sha256 ffffffffffff...) than "
-                                  f"the policy's model.init_from (sha256 {policy_sha[:12]}...)")
+    assert str(refused.value) == (
+        f"reward.model: {foreign.resolve()} uses another tokenizer (sha256 ffffffffffff...) than "
+        f"the policy's model.init_from (sha256 {policy_sha[:12]}...)"
+    )
 
 
 def test_a_reward_function_that_does_not_resolve_stops_before_any_rollout(workspace, sft):
     with pytest.raises(UserInputError) as refused:
         run("grpo", workspace, sft, "--reward.function=no_such_module:score", "--run.name=unresolved")
-    assert str(refused.value) == ("reward.function: 'no_such_module:score' does not resolve "
-                                  "(ModuleNotFoundError: No module named 'no_such_module')")
+    assert str(refused.value) == (
+        "reward.function: 'no_such_module:score' does not resolve "
+        "(ModuleNotFoundError: No module named 'no_such_module')"
+    )
     assert not (workspace["runs"] / "unresolved").exists()
-
-
 
 
 def test_a_reward_that_turns_nan_mid_run_skips_batches_then_stops_the_run_with_one_line(workspace, sft, tmp_path):
@@ -187,15 +199,31 @@ def test_a_reward_that_turns_nan_mid_run_skips_batches_then_stops_the_run_with_o
     its last checkpoint kept."""
     (tmp_path / "bad_rewards.py").write_text(BAD_REWARDS)
     done = subprocess.run(
-        [sys.executable, "-m", "orchestrator.grpo", *rl_args(workspace, sft, "--run.name=turns-nan",
-         "--reward.function=bad_rewards:nan_after_the_first_batch", "--reward.max_bad_batches=2",
-         "--train.checkpoint_interval=1")],
-        cwd=tmp_path, capture_output=True, text=True, timeout=600)
+        [
+            sys.executable,
+            "-m",
+            "orchestrator.grpo",
+            *rl_args(
+                workspace,
+                sft,
+                "--run.name=turns-nan",
+                "--reward.function=bad_rewards:nan_after_the_first_batch",
+                "--reward.max_bad_batches=2",
+                "--train.checkpoint_interval=1",
+            ),
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert done.returncode == 2, done.stderr[-2000:]
     last = done.stderr.strip().splitlines()[-1]
-    assert last.startswith("error: reward.function=bad_rewards:nan_after_the_first_batch: bad rewards for 2 batches "
-                           "in a row (last: returned a non-finite value (nan) for response 0); stopped at iteration 3; "
-                           "last checkpoint kept: "), last
+    assert last.startswith(
+        "error: reward.function=bad_rewards:nan_after_the_first_batch: bad rewards for 2 batches "
+        "in a row (last: returned a non-finite value (nan) for response 0); stopped at iteration 3; "
+        "last checkpoint kept: "
+    ), last
     run_dir = workspace["runs"] / "turns-nan"
     assert step_metrics(run_dir, "rl/skipped_batches") == {1: 0.0, 2: 1.0}
     kept = Path(last.rsplit(": ", 1)[1])

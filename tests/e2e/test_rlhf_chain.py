@@ -1,5 +1,6 @@
 """`orchestrator.rlhf`: a chain of stages that skips what finished, resumes what was interrupted and
 re-runs what changed (with every stage after it), each stage a nested MLflow child run."""
+
 from __future__ import annotations
 
 import json
@@ -15,12 +16,15 @@ pytestmark = pytest.mark.slow
 
 def chain_args(tmp_path, tiny_dataset, sft_overrides: str) -> list[str]:
     return [
-        "--config", "tiny", f"--run.output_dir={tmp_path / 'runs'}", f"--tracking.uri=sqlite:///{tmp_path / 'mlflow.db'}",
+        "--config",
+        "tiny",
+        f"--run.output_dir={tmp_path / 'runs'}",
+        f"--tracking.uri=sqlite:///{tmp_path / 'mlflow.db'}",
         "--chain.stages=[pretrain, sft, reward]",
-        "--chain.pretrain={config: tiny, overrides: {data.corpus: %s, train.max_steps: 4, train.eval_interval: 4}}"
-        % tiny_dataset,
+        f"--chain.pretrain={{config: tiny, overrides: {{data.corpus: {tiny_dataset}, train.max_steps: 4, "
+        "train.eval_interval: 4}}",
         "--chain.sft={config: tiny, overrides: {train.max_steps: 4, train.eval_interval: 2, "
-        "train.checkpoint_interval: 2%s}}" % sft_overrides,
+        f"train.checkpoint_interval: 2{sft_overrides}}}}}",
         "--chain.reward={config: tiny, overrides: {train.max_steps: 3, train.eval_interval: 3}}",
     ]
 
@@ -39,8 +43,11 @@ def test_the_chain_skips_resumes_and_reruns(tiny_dataset, tmp_path, ray_local):
     sft_dir = tmp_path / "runs" / second["sft"]["run_name"]
     assert sorted(step_metrics(sft_dir)) == [1, 2, 3, 4]
     assert sorted(step_metrics(sft_dir, "eval/loss")) == [0, 2, 4]  # step 0 is the starting model's baseline
-    resumes = [json.loads(line) for line in (sft_dir / "samples" / "rank-00000.jsonl").read_text().splitlines()
-               if "resumed_from" in line]
+    resumes = [
+        json.loads(line)
+        for line in (sft_dir / "samples" / "rank-00000.jsonl").read_text().splitlines()
+        if "resumed_from" in line
+    ]
     assert [entry["resumed_from"] for entry in resumes] == [0, 2]
 
     # 3. Nothing changed: nothing runs.

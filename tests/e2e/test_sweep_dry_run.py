@@ -1,4 +1,5 @@
 """`python -m orchestrator.sweep` refusing bad input and printing a dry run, as a user runs it."""
+
 from __future__ import annotations
 
 import pytest
@@ -17,14 +18,20 @@ def tiny_design(*overrides: str):
     return tree, design(tree, base_config(tree), TRAIN_TOKENS)
 
 
-@pytest.mark.parametrize("override, message", [
-    ("--sweep.schedule=linear", "sweep.schedule: 'linear' is not one of cosine, wsd, both"),
-    ("--sweep.budgets=[1e10, -3]", "sweep.budgets: -3 is not a positive number of FLOPs"),
-    ("--sweep.cooldown_fraction=1.5", "sweep.cooldown_fraction: must be in (0, 1), got 1.5"),
-    ("--family.head_dim=7", "family.head_dim: must be an even number >= 2 (RoPE rotates pairs), got 7"),
-    ("--sweep.base_overrides=[--train.lr=abc]", "sweep.base: tiny --train.lr=abc: train.lr: expected float, got 'abc'"),
-    ("--sweep.sizes=3", "unknown config key 'sweep.sizes'"),
-])
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("--sweep.schedule=linear", "sweep.schedule: 'linear' is not one of cosine, wsd, both"),
+        ("--sweep.budgets=[1e10, -3]", "sweep.budgets: -3 is not a positive number of FLOPs"),
+        ("--sweep.cooldown_fraction=1.5", "sweep.cooldown_fraction: must be in (0, 1), got 1.5"),
+        ("--family.head_dim=7", "family.head_dim: must be an even number >= 2 (RoPE rotates pairs), got 7"),
+        (
+            "--sweep.base_overrides=[--train.lr=abc]",
+            "sweep.base: tiny --train.lr=abc: train.lr: expected float, got 'abc'",
+        ),
+        ("--sweep.sizes=3", "unknown config key 'sweep.sizes'"),
+    ],
+)
 def test_bad_input_is_one_line_and_exit_2(override, message, capsys, tmp_path):
     with pytest.raises(SystemExit) as done:
         run_cli(main, ["--config", "tiny", f"--run.output_dir={tmp_path}", override])
@@ -36,7 +43,9 @@ def test_bad_input_is_one_line_and_exit_2(override, message, capsys, tmp_path):
 
 @pytest.mark.slow
 def test_dry_run_prints_the_grid_and_an_estimate_and_trains_nothing(tiny_dataset, tmp_path, ray_local, capsys):
-    overrides = f"--sweep.base_overrides=[--train.micro_batch_size=8, --train.grad_accum_steps=1, --data.corpus={tiny_dataset}]"
+    overrides = (
+        f"--sweep.base_overrides=[--train.micro_batch_size=8, --train.grad_accum_steps=1, --data.corpus={tiny_dataset}]"
+    )
     main(["--config", "tiny", f"--run.output_dir={tmp_path}", overrides, "--dry-run"])
     out = capsys.readouterr().out
     _, d = tiny_design()

@@ -1,4 +1,5 @@
 """Tracking against a real `mlflow server` process: params, metrics, artifacts, dataset input."""
+
 from __future__ import annotations
 
 import hashlib
@@ -63,8 +64,17 @@ def test_params_hold_the_resolved_config(tracked_run, tiny_dataset):
 def test_step_and_eval_metrics_are_recorded(tracked_run):
     client, run_id, *_ = tracked_run
     metrics = client.get_run(run_id).data.metrics
-    for key in ("train/lr", "train/grad_norm", "perf/tokens_per_s", "perf/mfu", "eval/loss", "eval/ppl", "eval/bpb",
-                "final/bpb", "final/loss"):
+    for key in (
+        "train/lr",
+        "train/grad_norm",
+        "perf/tokens_per_s",
+        "perf/mfu",
+        "eval/loss",
+        "eval/ppl",
+        "eval/bpb",
+        "final/bpb",
+        "final/loss",
+    ):
         assert key in metrics, key
     assert 0 < metrics["perf/mfu"] < 1
     assert [m.step for m in client.get_metric_history(run_id, "eval/bpb")] == [10, 20]

@@ -3,6 +3,7 @@
 A real `mlflow server` process is stopped and started again while a real
 pretrain job (the CLI, as a user runs it) trains.
 """
+
 from __future__ import annotations
 
 import json
@@ -20,8 +21,15 @@ STEPS = 600
 
 
 def launch(dataset: Path, output: Path, uri: str) -> subprocess.Popen:
-    return launch_tiny(dataset, output, uri, f"--train.max_steps={STEPS}", "--train.eval_interval=300",
-                       "--train.checkpoint_interval=300", "--train.log_interval=50")
+    return launch_tiny(
+        dataset,
+        output,
+        uri,
+        f"--train.max_steps={STEPS}",
+        "--train.eval_interval=300",
+        "--train.checkpoint_interval=300",
+        "--train.log_interval=50",
+    )
 
 
 def wait_for_step(run_dir: Path, step: int, job: subprocess.Popen, timeout: float = 240) -> None:

@@ -1,4 +1,5 @@
 """Training's evaluation arithmetic."""
+
 from __future__ import annotations
 
 import numpy as np

@@ -1,4 +1,5 @@
 """KV-cache generation: prompts, padding, the cache against recomputation, sampling settings, the context."""
+
 import pytest
 import torch
 

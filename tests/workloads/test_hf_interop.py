@@ -4,6 +4,7 @@ Tiny random models (2 layers, width 64) on real text: logits within 1e-4 of the
 largest logit, identical greedy tokens, identical token ids, and a Llama
 checkpoint imported and exported again bit for bit.
 """
+
 from __future__ import annotations
 
 import json
@@ -37,7 +38,7 @@ NON_ASCII_TEXTS = [
     "",
     "caf\u00e9 na\u00efve \u00fcber e\u0301 a\u0308 \u0915\u094d\u0937 z\u0351\u0352",
     "CJK \u4e2d\u6587\u6f22\u5b57 \u65e5\u672c\u8a9e \ud55c\uad6d\uc5b4",
-    "emoji \U0001F600\U0001F468\u200d\U0001F469\u200d\U0001F467 flags \U0001F1EF\U0001F1F5",
+    "emoji \U0001f600\U0001f468\u200d\U0001f469\u200d\U0001f467 flags \U0001f1ef\U0001f1f5",
     "tabs\tand\r\nwindows\rlines\n\n\n  double  spaces  ",
     "   leading and trailing spaces   ",
     "control " + "".join(chr(c) for c in range(32)) + "\x7f\x80\x9f",
@@ -86,6 +87,7 @@ def load_exported(directory: Path):
 
 # --- export: parity ------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("family", FAMILIES)
 def test_exported_model_gives_our_logits_and_greedy_tokens(family, tokenizer, real_text, tmp_path):
     model = tiny_gpt(tokenizer.vocab_size, **FAMILIES[family])
@@ -98,12 +100,17 @@ def test_exported_model_gives_our_logits_and_greedy_tokens(family, tokenizer, re
     with torch.no_grad():
         assert_close_logits(model(batch), theirs(batch).logits)
 
-    prompts = [tokenizer.encode(text) for text in ("def f(x):\n    return", "import os\n", "class A:\n    \"\"\"")]
+    prompts = [tokenizer.encode(text) for text in ("def f(x):\n    return", "import os\n", 'class A:\n    """')]
     ours = generate(model, prompts, max_new_tokens=24, sampling=Sampling(temperature=0), eos_id=None)
     for prompt, tokens in zip(prompts, ours.tokens):
-        out = theirs.generate(torch.tensor([prompt]), attention_mask=torch.ones(1, len(prompt), dtype=torch.long),
-                              do_sample=False, max_new_tokens=24, eos_token_id=None)  # (1, prompt + 24)
-        assert out[0, len(prompt):].tolist() == tokens
+        out = theirs.generate(
+            torch.tensor([prompt]),
+            attention_mask=torch.ones(1, len(prompt), dtype=torch.long),
+            do_sample=False,
+            max_new_tokens=24,
+            eos_token_id=None,
+        )  # (1, prompt + 24)
+        assert out[0, len(prompt) :].tolist() == tokens
 
 
 def test_exported_config_and_files(tokenizer, tmp_path):
@@ -114,7 +121,12 @@ def test_exported_config_and_files(tokenizer, tmp_path):
     assert "lm_head.weight" not in tensors  # tied: transformers saves only the embedding
     save_hf(model, tokenizer, tmp_path)
     assert {p.name for p in tmp_path.iterdir()} == {
-        "config.json", "generation_config.json", "model.safetensors", "tokenizer.model", "tokenizer_config.json"}
+        "config.json",
+        "generation_config.json",
+        "model.safetensors",
+        "tokenizer.model",
+        "tokenizer_config.json",
+    }
     loaded = transformers.AutoConfig.from_pretrained(tmp_path)
     assert loaded.rope_parameters["rope_theta"] == 500.0 and loaded.max_position_embeddings == 256
 
@@ -133,11 +145,12 @@ def test_own_safetensors_format_holds_the_state_dict_and_config(tokenizer, tmp_p
 
 # --- export: tokenizer ---------------------------------------------------------------------------
 
+
 def test_hf_tokenizer_gives_our_ids_and_round_trips(tokenizer, real_text, tmp_path):
     save_hf_tokenizer(tokenizer, tmp_path)
     theirs = transformers.AutoTokenizer.from_pretrained(tmp_path)
     assert theirs.eos_token_id == tokenizer.eos_id and theirs.bos_token_id is None
-    chunks = [real_text[i:i + 20_000] for i in range(0, len(real_text), 20_000)]
+    chunks = [real_text[i : i + 20_000] for i in range(0, len(real_text), 20_000)]
     for text in chunks + NON_ASCII_TEXTS:
         ids = theirs.encode(text, add_special_tokens=False)
         assert ids == tokenizer.encode(text) == theirs(text)["input_ids"]
@@ -159,15 +172,19 @@ def test_literal_sentencepiece_space_mark_is_the_known_difference(tokenizer, tmp
 
 # --- export: refusals ----------------------------------------------------------------------------
 
-@pytest.mark.parametrize("overrides, field", [
-    (dict(position="alibi"), "model.position: 'alibi'"),
-    (dict(norm="layernorm"), "model.norm: 'layernorm'"),
-    (dict(mlp="gelu"), "model.mlp: 'gelu'"),
-    (dict(GPT2, norm="rmsnorm"), "model.norm: 'rmsnorm'"),
-    (dict(GPT2, mlp="swiglu"), "model.mlp: 'swiglu'"),
-    (dict(GPT2, tie_embeddings=False), "model.tie_embeddings: False"),
-    (dict(GPT2, n_kv_heads=2), "model.n_kv_heads: 2"),
-])
+
+@pytest.mark.parametrize(
+    "overrides, field",
+    [
+        (dict(position="alibi"), "model.position: 'alibi'"),
+        (dict(norm="layernorm"), "model.norm: 'layernorm'"),
+        (dict(mlp="gelu"), "model.mlp: 'gelu'"),
+        (dict(GPT2, norm="rmsnorm"), "model.norm: 'rmsnorm'"),
+        (dict(GPT2, mlp="swiglu"), "model.mlp: 'swiglu'"),
+        (dict(GPT2, tie_embeddings=False), "model.tie_embeddings: False"),
+        (dict(GPT2, n_kv_heads=2), "model.n_kv_heads: 2"),
+    ],
+)
 def test_models_without_an_exact_hf_equivalent_are_refused(overrides, field, tokenizer, tmp_path):
     with pytest.raises(UserInputError) as refused:
         save_hf(tiny_gpt(tokenizer.vocab_size, **overrides), tokenizer, tmp_path / "out")
@@ -186,8 +203,10 @@ def test_tokenizer_directory_without_sentencepiece_model_is_refused(tokenizer, t
 def test_inexact_sentencepiece_model_is_refused(tmp_path):
     """A model with sentencepiece's defaults (NFKC, dummy prefix, collapsed spaces) loses text."""
     spm.SentencePieceTrainer.train(
-        sentence_iterator=iter((STDLIB / "textwrap.py").read_text().splitlines()), model_prefix=str(tmp_path / "tokenizer"),
-        vocab_size=300, minloglevel=2,
+        sentence_iterator=iter((STDLIB / "textwrap.py").read_text().splitlines()),
+        model_prefix=str(tmp_path / "tokenizer"),
+        vocab_size=300,
+        minloglevel=2,
     )
     with pytest.raises(UserInputError, match=r"tokenizer\.model: tokenizer does not round-trip"):
         hf_tokenizer_path(tmp_path)
@@ -195,11 +214,21 @@ def test_inexact_sentencepiece_model_is_refused(tmp_path):
 
 # --- import --------------------------------------------------------------------------------------
 
+
 def tiny_hf_llama(tied: bool, vocab_size: int):
     config = transformers.LlamaConfig(
-        vocab_size=vocab_size, hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-        intermediate_size=160, max_position_embeddings=256, rms_norm_eps=1e-5, rope_theta=20000.0,
-        tie_word_embeddings=tied, bos_token_id=None, eos_token_id=1,
+        vocab_size=vocab_size,
+        hidden_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        intermediate_size=160,
+        max_position_embeddings=256,
+        rms_norm_eps=1e-5,
+        rope_theta=20000.0,
+        tie_word_embeddings=tied,
+        bos_token_id=None,
+        eos_token_id=1,
     )
     torch.manual_seed(1)
     model = transformers.LlamaForCausalLM(config)
@@ -234,17 +263,23 @@ def test_llama_imports_exactly_and_exports_back_bit_for_bit(tied, tokenizer, rea
     assert read_hf_model_config(tmp_path / "back") == cfg
 
 
-@pytest.mark.parametrize("change, key", [
-    ({"model_type": "mistral"}, "model_type='mistral'"),
-    ({"architectures": ["LlamaForSequenceClassification"]}, "architectures="),
-    ({"rope_parameters": {"rope_type": "linear", "factor": 2.0, "rope_theta": 10000.0}}, "rope_parameters.rope_type='linear'"),
-    ({"rope_scaling": {"type": "dynamic", "factor": 2.0}}, "rope_scaling.rope_type='dynamic'"),
-    ({"attention_bias": True}, "attention_bias=True"),
-    ({"mlp_bias": True}, "mlp_bias=True"),
-    ({"hidden_act": "gelu"}, "hidden_act='gelu'"),
-    ({"head_dim": 32}, "head_dim=32"),
-    ({"num_key_value_heads": 3}, "num_key_value_heads=3"),
-])
+@pytest.mark.parametrize(
+    "change, key",
+    [
+        ({"model_type": "mistral"}, "model_type='mistral'"),
+        ({"architectures": ["LlamaForSequenceClassification"]}, "architectures="),
+        (
+            {"rope_parameters": {"rope_type": "linear", "factor": 2.0, "rope_theta": 10000.0}},
+            "rope_parameters.rope_type='linear'",
+        ),
+        ({"rope_scaling": {"type": "dynamic", "factor": 2.0}}, "rope_scaling.rope_type='dynamic'"),
+        ({"attention_bias": True}, "attention_bias=True"),
+        ({"mlp_bias": True}, "mlp_bias=True"),
+        ({"hidden_act": "gelu"}, "hidden_act='gelu'"),
+        ({"head_dim": 32}, "head_dim=32"),
+        ({"num_key_value_heads": 3}, "num_key_value_heads=3"),
+    ],
+)
 def test_llama_configs_we_cannot_compute_exactly_are_refused(change, key, tmp_path):
     config = tiny_hf_llama(True, 512).config.to_dict()
     (tmp_path / "config.json").write_text(json.dumps({**config, **change}))
@@ -261,8 +296,14 @@ def test_weights_that_do_not_match_the_config_are_refused(tmp_path):
     tensors = load_file(tmp_path / "model.safetensors")
     for change, message in (
         (lambda t: t.pop("model.layers.1.mlp.up_proj.weight"), "'model.layers.1.mlp.up_proj.weight' is missing"),
-        (lambda t: t.update({"model.layers.2.mlp.up_proj.weight": t["model.norm.weight"].clone()}), "unexpected tensor"),
-        (lambda t: t.update({"model.norm.weight": t["model.norm.weight"][:8]}), r"has shape \[8\], config.json says \[64\]"),
+        (
+            lambda t: t.update({"model.layers.2.mlp.up_proj.weight": t["model.norm.weight"].clone()}),
+            "unexpected tensor",
+        ),
+        (
+            lambda t: t.update({"model.norm.weight": t["model.norm.weight"][:8]}),
+            r"has shape \[8\], config.json says \[64\]",
+        ),
     ):
         broken = dict(tensors)
         change(broken)

@@ -1,4 +1,5 @@
 """The model on its own: masks, positions, norms, loss, init, parameter and FLOP counts, config checks."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -126,7 +127,9 @@ def test_causal_attention_mask_attends_across_documents(position):
 @pytest.mark.parametrize("position", ["rope", "learned"])
 def test_causal_attention_mask_leaves_sdpa_unmasked(position):
     # No mask reaches SDPA (it runs with is_causal), which is what lets it pick a flash kernel.
-    attn_bias, _ = tiny_model(position=position, attention_mask="causal").attention_inputs(TWO_DOCUMENTS, 16, torch.float32)
+    attn_bias, _ = tiny_model(position=position, attention_mask="causal").attention_inputs(
+        TWO_DOCUMENTS, 16, torch.float32
+    )
     assert attn_bias is None
 
 
@@ -138,9 +141,9 @@ def test_attention_mask_changes_no_weights_and_no_counts():
 
 
 def test_alibi_slopes_follow_the_paper():
-    assert alibi_slopes(8) == [2.0 ** -i for i in range(1, 9)]
+    assert alibi_slopes(8) == [2.0**-i for i in range(1, 9)]
     # 6 heads: the 4-head sequence, then every other slope of the 8-head sequence.
-    assert alibi_slopes(6) == [2.0 ** -2, 2.0 ** -4, 2.0 ** -6, 2.0 ** -8, 2.0 ** -1, 2.0 ** -3]
+    assert alibi_slopes(6) == [2.0**-2, 2.0**-4, 2.0**-6, 2.0**-8, 2.0**-1, 2.0**-3]
 
 
 def test_alibi_bias_is_minus_slope_times_distance_and_masked_across_documents():
@@ -164,11 +167,14 @@ def reference_attention(q, k, v, segment_ids):
     return torch.softmax(scores.masked_fill(~allowed, float("-inf")), dim=-1) @ v
 
 
-@pytest.mark.parametrize("segment_ids", [
-    SEGMENTS,  # every row holds three documents
-    torch.tensor([[0] * 16, [0] * 3 + [1] * 13]),  # one row of one document, one of two
-    torch.tensor([[4] * 16, [0] * 16]),  # one document per row: plain causal attention
-])
+@pytest.mark.parametrize(
+    "segment_ids",
+    [
+        SEGMENTS,  # every row holds three documents
+        torch.tensor([[0] * 16, [0] * 3 + [1] * 13]),  # one row of one document, one of two
+        torch.tensor([[4] * 16, [0] * 16]),  # one document per row: plain causal attention
+    ],
+)
 def test_document_masked_attention_matches_the_written_out_reference(segment_ids):
     model = tiny_model()  # rope, per-document mask
     attention = model.blocks[0].attn
@@ -225,7 +231,10 @@ def test_rmsnorm_matches_torchs_forward_and_backward(dtype):
     tolerance = dict(atol=1e-5, rtol=1e-5) if dtype == torch.float32 else dict(atol=0.02, rtol=0.02)
     torch.testing.assert_close(outputs[0], outputs[1], **tolerance)
     torch.testing.assert_close(grads[0], grads[1], **tolerance)
-    x64, weight = torch.randn(2, 4, 8, dtype=torch.float64, requires_grad=True), torch.nn.Parameter(torch.rand(8, dtype=torch.float64))
+    x64, weight = (
+        torch.randn(2, 4, 8, dtype=torch.float64, requires_grad=True),
+        torch.nn.Parameter(torch.rand(8, dtype=torch.float64)),
+    )
     norm = RMSNorm(8, eps=1e-5).double()
     norm.weight = weight
     assert torch.autograd.gradcheck(lambda t, w: norm(t), (x64, weight))
@@ -317,8 +326,16 @@ def test_count_parameters_matches_the_module(position, mlp, norm, tie, ffn_hidde
 
 
 def test_count_parameters_by_hand():
-    cfg = ModelConfig(vocab_size=100, d_model=32, n_layers=2, n_heads=4, max_seq_len=16,
-                      mlp="swiglu", position="learned", tie_embeddings=False)
+    cfg = ModelConfig(
+        vocab_size=100,
+        d_model=32,
+        n_layers=2,
+        n_heads=4,
+        max_seq_len=16,
+        mlp="swiglu",
+        position="learned",
+        tie_embeddings=False,
+    )
     token_embedding = 100 * 32
     positions = 16 * 32
     block = 2 * 32 + 32 * 96 + 32 * 32 + 3 * 32 * 128  # norms, qkv, out-proj, swiglu (hidden 128)
@@ -329,8 +346,7 @@ def test_count_parameters_by_hand():
 
 
 def test_flops_per_token_by_hand_for_nanogpt_baby_gpt():
-    cfg = ModelConfig(vocab_size=65, d_model=128, n_layers=4, n_heads=4, max_seq_len=64,
-                      mlp="gelu", position="learned")
+    cfg = ModelConfig(vocab_size=65, d_model=128, n_layers=4, n_heads=4, max_seq_len=64, mlp="gelu", position="learned")
     per_block = 4 * 128 * 128 + 2 * 128 * 512  # qkv + out-proj, fc + proj
     head = 65 * 128  # counted although tied: the head matmul is real work
     assert matmul_parameters(cfg) == 4 * per_block + head == 794752

@@ -1,4 +1,5 @@
 """The model on a CUDA device (skipped without one): flash attention under bf16 against fp32."""
+
 from __future__ import annotations
 
 import dataclasses

@@ -1,4 +1,5 @@
 """The bare reference loops: they train and time every step; nothing here depends on how fast the machine is."""
+
 from __future__ import annotations
 
 import numpy as np

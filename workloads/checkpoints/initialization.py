@@ -3,6 +3,7 @@
 `hf:DIR` is a Hugging Face Llama checkpoint; `checkpoint:DIR` a checkpoint of this
 project (the driver resolves run directories and MLflow run ids to one).
 """
+
 from __future__ import annotations
 
 import torch

@@ -12,6 +12,7 @@ and ZeRO-3's partitioned fp32 weights consolidated by DeepSpeed's own
 `zero_to_fp32`. Every file is read with `weights_only` loading; the few
 non-tensor objects DeepSpeed stores are allowed by name (`_DEEPSPEED_GLOBALS`).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -43,8 +44,13 @@ SCALAR_HEAD = "scalar_head"  # a ScalarHeadModel: GPT backbone + one number per 
 
 
 def describe_checkpoint(
-    model: ModelConfig, tokenizer: Tokenizer, dataset_dir: str, train: Any, stage: str = "pretrain",
-    kind: str = LANGUAGE_MODEL, weights_prefix: str = "",
+    model: ModelConfig,
+    tokenizer: Tokenizer,
+    dataset_dir: str,
+    train: Any,
+    stage: str = "pretrain",
+    kind: str = LANGUAGE_MODEL,
+    weights_prefix: str = "",
 ) -> dict[str, bytes]:
     """The files that make a checkpoint self-describing: {file name: content}.
 
@@ -107,7 +113,9 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> Loa
     config = ModelConfig(**description["model"])
     tokenizer = Tokenizer.load(checkpoint / description["tokenizer"]["file"])
     if tokenizer.sha256 != description["tokenizer"]["sha256"]:
-        raise UserInputError(f"{checkpoint / TOKENIZER_FILE}: sha256 differs from {DESCRIPTION_FILE}'s; the checkpoint is damaged")
+        raise UserInputError(
+            f"{checkpoint / TOKENIZER_FILE}: sha256 differs from {DESCRIPTION_FILE}'s; the checkpoint is damaged"
+        )
     state = json.loads((checkpoint / MARKER_FILE).read_text())
     weights = own_weights(read_weights(checkpoint, state, config, device), description)
     model = ScalarHeadModel(GPT(config)) if description.get("kind") == SCALAR_HEAD else GPT(config)
@@ -129,7 +137,8 @@ def load_weights_into(model: torch.nn.Module, weights: dict[str, torch.Tensor], 
     tied_head = [name for name in missing if name.endswith("lm_head.weight")]
     if unexpected or set(missing) - set(tied_head) or (tied_head and not model.cfg.tie_embeddings):
         raise UserInputError(
-            f"{source}: weights do not fit the model in {DESCRIPTION_FILE} (missing {missing[:3]}, unexpected {unexpected[:3]})"
+            f"{source}: weights do not fit the model in {DESCRIPTION_FILE} "
+            f"(missing {missing[:3]}, unexpected {unexpected[:3]})"
         )
 
 
@@ -154,7 +163,9 @@ def own_weights(weights: dict[str, torch.Tensor], description: dict[str, Any]) -
 def read_description(checkpoint: Path) -> dict[str, Any]:
     path = checkpoint / DESCRIPTION_FILE
     if not path.is_file():
-        raise UserInputError(f"{checkpoint}: no {DESCRIPTION_FILE}; written by an older version, it cannot be loaded on its own")
+        raise UserInputError(
+            f"{checkpoint}: no {DESCRIPTION_FILE}; written by an older version, it cannot be loaded on its own"
+        )
     try:
         description = json.loads(path.read_text())
     except ValueError as e:
@@ -176,10 +187,12 @@ def _owning_run_dir(checkpoint: Path) -> Path | None:
 # DeepSpeed's files, read with weights_only loading
 # ---------------------------------------------------------------------------
 
+
 def _deepspeed_globals() -> list:
     """The non-tensor objects DeepSpeed (0.19) pickles into its checkpoint files: ZeRO's
     partitioning enums and the config's dataclass-like records. Nothing else is allowed."""
-    # deepspeed: its classes are allowed by name in weights_only loading; loading a checkpoint as a plain model needs no DeepSpeed otherwise
+    # deepspeed: its classes are allowed by name in weights_only loading; loading a checkpoint as a plain
+    # model needs no DeepSpeed otherwise
     from deepspeed.runtime.fp16.loss_scaler import LossScaler
     from deepspeed.runtime.zero.config import ZeroStageEnum
     from deepspeed.utils.tensor_fragment import fragment_address
@@ -227,7 +240,9 @@ def read_weights(checkpoint: Path, state: dict[str, Any], config: ModelConfig, d
 
         with weights_only_loading(), contextlib.redirect_stdout(None):
             return get_fp32_state_dict_from_zero_checkpoint(str(checkpoint), tag=tag)
-    return {name: tensor.float() for name, tensor in _load(files / "mp_rank_00_model_states.pt", device)["module"].items()}
+    return {
+        name: tensor.float() for name, tensor in _load(files / "mp_rank_00_model_states.pt", device)["module"].items()
+    }
 
 
 def _pipeline_weights(files: Path, config: ModelConfig, device) -> dict[str, torch.Tensor]:

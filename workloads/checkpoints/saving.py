@@ -11,6 +11,7 @@ A checkpoint written by W data-parallel ranks under ZeRO 1-3 cannot be loaded by
 W' != W ranks directly; it is then converted once to DeepSpeed's universal
 format (model and optimizer state resharded, nothing dropped) and loaded from there.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -134,8 +135,15 @@ def start_schedule_at(engine, step: int) -> None:
     scheduler._last_lr = rates  # what get_last_lr() returns until the next step
 
 
-def _load(engine, directory: Path, saved: TrainingState, universal_root: Path, reshard: bool, rank: int,
-          load_lr_schedule: bool) -> None:
+def _load(
+    engine,
+    directory: Path,
+    saved: TrainingState,
+    universal_root: Path,
+    reshard: bool,
+    rank: int,
+    load_lr_schedule: bool,
+) -> None:
     if not reshard:
         load_path, _ = engine.load_checkpoint(str(directory), tag=saved.tag, load_lr_scheduler_states=load_lr_schedule)
     else:
@@ -144,8 +152,9 @@ def _load(engine, directory: Path, saved: TrainingState, universal_root: Path, r
             convert_to_universal(directory / saved.tag, target)
         dist.barrier()  # every rank loads only once rank 0's conversion is complete
         built_settings = _built_group_settings(engine)
-        load_path, _ = engine.load_checkpoint(str(universal_root), tag=saved.tag,
-                                              load_lr_scheduler_states=load_lr_schedule)
+        load_path, _ = engine.load_checkpoint(
+            str(universal_root), tag=saved.tag, load_lr_scheduler_states=load_lr_schedule
+        )
         _repair_universal_load(engine, built_settings)
         dist.barrier()
         if rank == 0:
@@ -158,9 +167,18 @@ def convert_to_universal(source: Path, target: Path) -> None:
     shutil.rmtree(target, ignore_errors=True)
     target.parent.mkdir(parents=True, exist_ok=True)
     done = subprocess.run(
-        [sys.executable, "-m", "deepspeed.checkpoint.ds_to_universal", "--input_folder", str(source),
-         "--output_folder", str(target), "--inject_missing_state"],
-        capture_output=True, text=True,
+        [
+            sys.executable,
+            "-m",
+            "deepspeed.checkpoint.ds_to_universal",
+            "--input_folder",
+            str(source),
+            "--output_folder",
+            str(target),
+            "--inject_missing_state",
+        ],
+        capture_output=True,
+        text=True,
     )
     if done.returncode != 0:
         raise RuntimeError(f"universal checkpoint conversion of {source} failed:\n{done.stderr[-2000:]}")
@@ -171,8 +189,10 @@ def _built_group_settings(engine) -> list[dict[str, Any]]:
 
     The lr is where the schedule stood: that one the checkpoint knows (and restores).
     """
-    return [{key: value for key, value in group.items() if key not in ("params", "lr")}
-            for group in engine.optimizer.optimizer.param_groups]
+    return [
+        {key: value for key, value in group.items() if key not in ("params", "lr")}
+        for group in engine.optimizer.optimizer.param_groups
+    ]
 
 
 def _repair_universal_load(engine, built_settings: list[dict[str, Any]]) -> None:

@@ -7,6 +7,7 @@ build directory (shared storage on a cluster) and returns only their metadata.
 The metadata is also written next to the shards (`.groups/<index>.json`, after
 them), so that a prepare killed mid-way and run again reuses finished groups.
 """
+
 from __future__ import annotations
 
 import json
@@ -70,7 +71,9 @@ def sample_group_row(row: dict[str, Any], budget: int, seed: int, settings: dict
     return {"index": group.index, "texts": texts, "documents": len(documents), "error": ""}
 
 
-def build_group_row(row: dict[str, Any], build_dir: str, model_bytes: bytes, settings: dict[str, Any]) -> dict[str, Any]:
+def build_group_row(
+    row: dict[str, Any], build_dir: str, model_bytes: bytes, settings: dict[str, Any]
+) -> dict[str, Any]:
     """Ray Data map function: build one group; returns {index, record (JSON), seconds, node, error}."""
     # ray: this runs in a Ray worker (its node is reported so the driver can say where work ran); importing the
     # pipeline's modules, as parsing a pretrain config does, needs no Ray.
@@ -99,7 +102,9 @@ def build_group(group: Group, build_dir: Path, model_bytes: bytes, settings: dic
         lengths = np.fromiter(map(len, ids), dtype=np.int64, count=len(ids))
         flat = np.concatenate(ids) if ids else np.empty(0, dtype=np.int32)
         packed = pack(flat, lengths, tokenizer.eos_id, seq_len)
-        shards = write_shards(build_dir, split, packed.tokens, packed.segments, settings["shard_samples"], group=group.index)
+        shards = write_shards(
+            build_dir, split, packed.tokens, packed.segments, settings["shard_samples"], group=group.index
+        )
         shard_bytes.update({shard["file"]: os.path.getsize(build_dir / shard["file"]) for shard in shards})
         splits[split] = {
             "num_documents": len(docs),

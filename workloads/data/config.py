@@ -1,4 +1,5 @@
 """The `data.` config section: which corpus, how it is split, packed and sharded."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass

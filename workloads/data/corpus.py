@@ -9,6 +9,7 @@ read independently: byte ranges of a text or .jsonl file whose ends each
 reader moves to the same place (the end of the next blank line, or the next
 line), and runs of row groups of a .parquet file.
 """
+
 from __future__ import annotations
 
 import bisect
@@ -128,9 +129,7 @@ def read_corpus(
     return Corpus(documents, num_bytes, invalid, empty)
 
 
-def read_pieces(
-    pieces: Sequence[Piece], text_field: str, max_doc_chars: int, field: str
-) -> tuple[list[str], int, int]:
+def read_pieces(pieces: Sequence[Piece], text_field: str, max_doc_chars: int, field: str) -> tuple[list[str], int, int]:
     """(non-empty documents in order, invalid UTF-8 sequences, empty documents skipped)."""
     documents: list[str] = []
     invalid = empty = 0
@@ -220,7 +219,7 @@ def _boundary_at_or_after(f, offset: int, size: int, separator: bytes) -> int:
         found = buffer.find(separator)
         if found >= 0:
             return position - len(tail) + found + back
-        tail = buffer[-(back - 1):] if back > 1 else b""
+        tail = buffer[-(back - 1) :] if back > 1 else b""
         position += len(chunk)
     return size
 

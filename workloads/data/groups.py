@@ -8,6 +8,7 @@ only on the files and their sizes, never on CPUs, nodes or Ray Data's blocks,
 the prepared dataset is the same at any parallelism, and a task that is retried
 rewrites the very same shards.
 """
+
 from __future__ import annotations
 
 import json

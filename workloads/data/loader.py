@@ -7,6 +7,7 @@ in: half the bytes of int64 to copy here and to move to a device. The model take
 int32 ids as they are (embedding lookups, segment comparisons) and widens the
 targets where cross-entropy needs int64 (`workloads.model.lm_loss`).
 """
+
 from __future__ import annotations
 
 import json
@@ -112,7 +113,9 @@ def _map_shard(path: Path, seq_len: int, num_samples: int) -> tuple[list[np.ndar
     try:
         reader = ipc.open_file(pa.memory_map(str(path), "r"))
         if not reader.schema.equals(shard_schema(seq_len)):
-            raise UserInputError(f"{path}: unexpected columns {reader.schema.names} / types; not a shard of this dataset")
+            raise UserInputError(
+                f"{path}: unexpected columns {reader.schema.names} / types; not a shard of this dataset"
+            )
         batches = [reader.get_batch(i) for i in range(reader.num_record_batches)]
         for batch in batches:
             batch.validate()  # buffer sizes agree with the lengths, so views cannot overrun

@@ -6,6 +6,7 @@ the sample stream is the concatenation over epochs e = 0, 1, ... of
 `default_rng([seed, e]).permutation(num_samples)`, and global batch k is
 stream positions [k*G, (k+1)*G).
 """
+
 from __future__ import annotations
 
 import functools

@@ -5,6 +5,7 @@ stream[i*seq_len : i*seq_len + seq_len + 1]: inputs are its first seq_len
 tokens and targets its last seq_len, so consecutive samples share one token
 and every token after the first is a target exactly once.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass

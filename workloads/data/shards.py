@@ -4,6 +4,7 @@ The Arrow IPC *file* format is used, uncompressed, one record batch per
 shard, so that workers can memory-map a shard and view its columns as numpy
 arrays without copying.
 """
+
 from __future__ import annotations
 
 import hashlib

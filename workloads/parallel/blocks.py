@@ -2,6 +2,7 @@
 checkpointing, then compile. Parameter names stay as they are, so state dicts and checkpoints
 are the same with either on or off.
 """
+
 from __future__ import annotations
 
 from collections.abc import Iterable

@@ -3,6 +3,7 @@
 Every stage's tree holds it; the alignment and RL stages refuse pipeline stages in
 their own `validate`.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -21,10 +22,12 @@ class ParallelConfig:
         1, "pipeline stages the model is cut into; data-parallel degree = scaling.num_workers / pipeline_stages"
     )
     partition_method: str = option(
-        "parameters", "spreading layers over stages: parameters (balance parameter counts) | uniform (equal layer counts)"
+        "parameters",
+        "spreading layers over stages: parameters (balance parameter counts) | uniform (equal layer counts)",
     )
     activation_checkpointing: bool = option(
-        False, "recompute each block's activations in the backward pass instead of keeping them (less memory, more compute)"
+        False,
+        "recompute each block's activations in the backward pass instead of keeping them (less memory, more compute)",
     )
     compile_blocks: bool = option(
         False, "compile each transformer block with torch.compile, after activation checkpointing (slower first steps)"

@@ -5,6 +5,7 @@ The model never sees DeepSpeed; this module builds the DeepSpeed config from the
 JIT-compiled on CPU; fused on GPU) and the learning-rate schedule, and calls
 `deepspeed.initialize` inside the worker as Ray's DeepSpeed guide prescribes.
 """
+
 from __future__ import annotations
 
 import copy
@@ -29,7 +30,9 @@ PRECISIONS = ("auto", "fp32", "bf16")
 class DeepSpeedConfig:
     """DeepSpeed engine: ZeRO stage, precision and raw overrides."""
 
-    zero_stage: int = option(1, "ZeRO stage: 0 (plain data parallel), 1 (optimizer states), 2 (+gradients), 3 (+parameters)")
+    zero_stage: int = option(
+        1, "ZeRO stage: 0 (plain data parallel), 1 (optimizer states), 2 (+gradients), 3 (+parameters)"
+    )
     precision: str = option("auto", "auto (bf16 on GPU, fp32 on CPU) | fp32 | bf16 (autocast, fp32 master weights)")
     extra: dict = option({}, "raw DeepSpeed config entries merged over the generated config (for experts)")
 
@@ -85,9 +88,7 @@ def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, 
 
 
 def make_adamw(params, train: TrainConfig, on_gpu: bool) -> torch.optim.Optimizer:
-    return torch.optim.AdamW(
-        params, lr=train.lr, betas=(train.beta1, train.beta2), eps=train.eps, fused=on_gpu or None
-    )
+    return torch.optim.AdamW(params, lr=train.lr, betas=(train.beta1, train.beta2), eps=train.eps, fused=on_gpu or None)
 
 
 def make_scheduler(optimizer: torch.optim.Optimizer, train: TrainConfig) -> torch.optim.lr_scheduler.LambdaLR:

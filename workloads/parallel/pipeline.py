@@ -18,6 +18,7 @@ The layout is `scaling.num_workers = pipeline_stages x data-parallel degree`;
 DeepSpeed numbers ranks stage-major (rank = stage * dp_degree + dp_rank), and each
 pipeline (one per data-parallel rank) trains on its own share of the global batch.
 """
+
 from __future__ import annotations
 
 from functools import partial
@@ -56,6 +57,7 @@ from workloads.train_config import TrainConfig
 # Each layer names the prefix of its weights in GPT's state dict (`gpt_prefix`, from the model's own
 # map `workloads.model.pipeline_layer_prefix`): the pipeline's initial weights are copied from a GPT
 # built under the same seed.
+
 
 class EmbeddingStage(Embedding):
     """First layer: (input_ids, segment_ids) -> (x (B, T, d_model), segment_ids)."""
@@ -164,7 +166,8 @@ def copy_gpt_weights(pipeline: nn.Module, gpt: GPT) -> None:
 
 
 def build_pipeline_module(cfg: ModelConfig, parallel: ParallelConfig, seed: int):
-    """GPT as a DeepSpeed `PipelineModule` of `parallel.pipeline_stages` stages, with GPT(cfg)'s initial weights under `seed`.
+    """GPT as a DeepSpeed `PipelineModule` of `parallel.pipeline_stages` stages, with GPT(cfg)'s initial weights
+    under `seed`.
 
     Needs DeepSpeed's process group (`deepspeed.init_distributed`) first; the world size
     must be a multiple of the number of stages.
@@ -209,6 +212,7 @@ def count_every_stage_in_grad_norm(pipeline) -> None:
 # ---------------------------------------------------------------------------
 # Engine, training step and evaluation
 # ---------------------------------------------------------------------------
+
 
 def build_pipeline_engine(
     cfg: ModelConfig,
@@ -256,7 +260,9 @@ def pipeline_train_step(engine, dataset, micro_batches: list[np.ndarray], device
 
 
 @torch.no_grad()
-def pipeline_evaluate(engine, dataset, indices: np.ndarray, micro_batch_size: int, byte_lengths: torch.Tensor, device) -> dict:
+def pipeline_evaluate(
+    engine, dataset, indices: np.ndarray, micro_batch_size: int, byte_lengths: torch.Tensor, device
+) -> dict:
     """`workloads.evaluation.evaluate` for pipelines: loss, ppl and bpb over this pipeline's `indices`.
 
     The last stage sums nats in place of the mean training loss and counts the tokens

@@ -7,6 +7,7 @@ GRPO (Shao et al. 2024) has no critic: a response's advantage is its score norma
 prompt's group, and the KL is a loss term (coef x k3); its loss is a mean over responses of
 each response's token mean, as in DeepSeekMath's objective.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -50,20 +51,32 @@ class PPO:
         torch.manual_seed(seed)  # the head's init: the same on every rank
         return ValueModel(backbone)
 
-    def advantages(self, scored: dict[str, torch.Tensor], scores: torch.Tensor, rows: list[int], mask: torch.Tensor,
-                   kl_coef: float) -> dict[str, torch.Tensor]:
+    def advantages(
+        self, scored: dict[str, torch.Tensor], scores: torch.Tensor, rows: list[int], mask: torch.Tensor, kl_coef: float
+    ) -> dict[str, torch.Tensor]:
         """Per-token advantages (whitened over the whole batch) and returns of this rank's rows."""
         rewards = ppo_token_rewards(scores[rows].to(mask.device), scored["old_logp"], scored["ref_logp"], mask, kl_coef)
         advantages, returns = gae(rewards, scored["values"], mask, self.cfg.gamma, self.cfg.lam)
         return {"advantages": whiten(advantages, mask), "returns": returns}
 
-    def loss(self, logp: torch.Tensor, values: torch.Tensor | None, batch: dict[str, torch.Tensor], mask: torch.Tensor,
-             kl_coef: float) -> tuple[torch.Tensor, dict[str, float]]:
+    def loss(
+        self,
+        logp: torch.Tensor,
+        values: torch.Tensor | None,
+        batch: dict[str, torch.Tensor],
+        mask: torch.Tensor,
+        kl_coef: float,
+    ) -> tuple[torch.Tensor, dict[str, float]]:
         surrogate, clipped = clipped_surrogate(logp, batch["old_logp"], batch["advantages"], self.clip_ratio)
         policy_loss = masked_mean(surrogate, mask)
-        value_loss = masked_mean(clipped_value_loss(values, batch["values"], batch["returns"], self.cfg.value_clip), mask)
-        stats = {"rl/policy_loss": policy_loss.item(), "rl/value_loss": value_loss.item(),
-                 "rl/clip_fraction": masked_mean(clipped, mask).item()}
+        value_loss = masked_mean(
+            clipped_value_loss(values, batch["values"], batch["returns"], self.cfg.value_clip), mask
+        )
+        stats = {
+            "rl/policy_loss": policy_loss.item(),
+            "rl/value_loss": value_loss.item(),
+            "rl/clip_fraction": masked_mean(clipped, mask).item(),
+        }
         return policy_loss + self.cfg.value_coef * value_loss, stats
 
 
@@ -77,20 +90,30 @@ class GRPO:
     def build_critic(self, policy_config: ModelConfig, seed: int) -> None:
         return None
 
-    def advantages(self, scored: dict[str, torch.Tensor], scores: torch.Tensor, rows: list[int], mask: torch.Tensor,
-                   kl_coef: float) -> dict[str, torch.Tensor]:
-        """Each response's group-normalised score on every one of its tokens (groups span ranks: all scores are used)."""
+    def advantages(
+        self, scored: dict[str, torch.Tensor], scores: torch.Tensor, rows: list[int], mask: torch.Tensor, kl_coef: float
+    ) -> dict[str, torch.Tensor]:
+        """Each response's group-normalised score on each of its tokens (groups span ranks: all scores are used)."""
         per_response = group_advantages(scores, self.group_size)[rows].to(mask.device)  # (rows,)
         return {"advantages": per_response[:, None] * mask}
 
-    def loss(self, logp: torch.Tensor, values: torch.Tensor | None, batch: dict[str, torch.Tensor], mask: torch.Tensor,
-             kl_coef: float) -> tuple[torch.Tensor, dict[str, float]]:
+    def loss(
+        self,
+        logp: torch.Tensor,
+        values: torch.Tensor | None,
+        batch: dict[str, torch.Tensor],
+        mask: torch.Tensor,
+        kl_coef: float,
+    ) -> tuple[torch.Tensor, dict[str, float]]:
         surrogate, clipped = clipped_surrogate(logp, batch["old_logp"], batch["advantages"], self.clip_ratio)
         kl = k3(logp, batch["ref_logp"])
         per_token = (surrogate + kl_coef * kl) * mask
         loss = (per_token.sum(dim=1) / mask.sum(dim=1).clamp(min=1)).mean()  # token mean per response, then mean
-        stats = {"rl/policy_loss": masked_mean(surrogate, mask).item(), "rl/kl_loss": masked_mean(kl, mask).item(),
-                 "rl/clip_fraction": masked_mean(clipped, mask).item()}
+        stats = {
+            "rl/policy_loss": masked_mean(surrogate, mask).item(),
+            "rl/kl_loss": masked_mean(kl, mask).item(),
+            "rl/clip_fraction": masked_mean(clipped, mask).item(),
+        }
         return loss, stats
 
 

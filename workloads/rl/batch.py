@@ -4,6 +4,7 @@ A sequence is `prompt ids (opening with end-of-document) + response + [eos if it
 right-padded into a batch: every row starts at position 0, so positions match the generator's
 (which left-pads but gives padding no position). Inputs are tokens 0..T-2, targets 1..T-1.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -43,16 +44,25 @@ class Rollouts:
         return ids[:, :-1].to(device), ids[:, 1:].to(device), mask.to(device)
 
 
-def scaled_logprobs(logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor, temperature: float
-                    ) -> tuple[torch.Tensor, torch.Tensor]:
+def scaled_logprobs(
+    logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor, temperature: float
+) -> tuple[torch.Tensor, torch.Tensor]:
     """log pi(target) at the sampling temperature (B, T), and the full log-distribution (B, T, V), fp32."""
     logits = logits.float() / temperature
     return token_logprobs(logits, targets.masked_fill(~mask, IGNORED_TARGET)), torch.log_softmax(logits, dim=-1)
 
 
 @torch.no_grad()
-def score_rollouts(engine, reference, inputs: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor,
-                   temperature: float, micro_batch_size: int, autocast) -> dict[str, torch.Tensor]:
+def score_rollouts(
+    engine,
+    reference,
+    inputs: torch.Tensor,
+    targets: torch.Tensor,
+    mask: torch.Tensor,
+    temperature: float,
+    micro_batch_size: int,
+    autocast,
+) -> dict[str, torch.Tensor]:
     """What the update needs from the weights that generated the batch, each (B, T):
 
     old_logp (the policy's log-probs: the ratio's denominator), ref_logp (the reference's), kl (exact
@@ -84,7 +94,9 @@ def mean_token_kl(policy, reference, rollouts: Rollouts, eos_id: int, batch_size
     of `rollouts` (sampled from `policy`): how far the policy has moved, per token, in nats."""
     total, count = 0.0, 0
     for start in range(0, len(rollouts), batch_size):
-        inputs, targets, mask = rollouts.tensors(list(range(start, min(start + batch_size, len(rollouts)))), eos_id, "cpu")
+        inputs, targets, mask = rollouts.tensors(
+            list(range(start, min(start + batch_size, len(rollouts)))), eos_id, "cpu"
+        )
         _, log_dist = scaled_logprobs(policy(inputs), targets, mask, 1.0)
         _, ref_log_dist = scaled_logprobs(reference(inputs), targets, mask, 1.0)
         kl = (log_dist.exp() * (log_dist - ref_log_dist)).sum(dim=-1)  # (B, T)

@@ -3,6 +3,7 @@
 The Ray actors are created by the driver before the fit and reach rank 0 as handles in the
 worker's config (`actors`), with the specs to start replacements from.
 """
+
 from __future__ import annotations
 
 import time
@@ -35,7 +36,9 @@ def push_weights(rollout: ActorRole, policy: torch.nn.Module, version: int) -> l
 class Controller:
     def __init__(self, actors: dict[str, Any], seed: int):
         self.scorer = ActorRole("reward scorer", actors["scorer_spec"], [actors["scorer"]])
-        self.rollout = ActorRole("rollout", actors["rollout_spec"], actors["rollout"]) if actors.get("rollout") else None
+        self.rollout = (
+            ActorRole("rollout", actors["rollout_spec"], actors["rollout"]) if actors.get("rollout") else None
+        )
         self.seed = seed
         self.weights: list = []  # [ObjectRef of the latest policy state dict]
         self.version = -1
@@ -53,8 +56,10 @@ class Controller:
     def generate(self, prompts: list[list[int]], iteration: int) -> tuple[list[list[int]], list[bool]]:
         """Responses to `prompts`, split in contiguous shares over the rollout workers."""
         shares = [share for share in np.array_split(np.arange(len(prompts)), len(self.rollout.handles)) if len(share)]
-        args = [([prompts[i] for i in share], rollout_seed(self.seed, iteration, number), self.weights, self.version)
-                for number, share in enumerate(shares)]
+        args = [
+            ([prompts[i] for i in share], rollout_seed(self.seed, iteration, number), self.weights, self.version)
+            for number, share in enumerate(shares)
+        ]
         tokens: list[list[int]] = []
         stopped: list[bool] = []
         for result in self.rollout.call("generate", args):

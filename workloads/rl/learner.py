@@ -14,6 +14,7 @@ resumes after it with the KL coefficient and the bad-batch counters it had (`rl_
 in the checkpoint). Prompts and sampling seeds follow from the iteration alone, so a resumed
 run draws what the uninterrupted one would have.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -118,13 +119,18 @@ class Learner:
         self.share = self.rl.minibatch_size // self.world  # each rank's sequences of a minibatch
         steps_per_iteration = self.rl.epochs * self.rows // self.rl.minibatch_size
         engine_train = dataclasses.replace(
-            plan.train, global_batch_size=0, grad_accum_steps=self.share // plan.train.micro_batch_size,
-            max_steps=plan.train.max_steps * steps_per_iteration, warmup_steps=plan.train.warmup_steps * steps_per_iteration)
+            plan.train,
+            global_batch_size=0,
+            grad_accum_steps=self.share // plan.train.micro_batch_size,
+            max_steps=plan.train.max_steps * steps_per_iteration,
+            warmup_steps=plan.train.warmup_steps * steps_per_iteration,
+        )
 
         saved = latest_state()
         reshard = saved is not None and needs_resharding(saved, self.world, 1)
-        self.engine = build_engine(module, plan.deepspeed, engine_train, self.world, self.on_gpu,
-                                   universal_config() if reshard else None)
+        self.engine = build_engine(
+            module, plan.deepspeed, engine_train, self.world, self.on_gpu, universal_config() if reshard else None
+        )
         self.state = LoopState(kl_coef=self.kl.coef)
         if saved:
             restore(self.engine, saved, Path(plan.run_dir) / "universal", reshard, self.rank)
@@ -147,10 +153,12 @@ class Learner:
         log = MetricsLog(Path(plan.run_dir) / METRICS_FILE) if self.is_chief else None
         if self.is_chief:
             where = f"resumed after iteration {self.start}" if self.start else "from the starting policy"
-            print(f"{plan.stage}: learning {where}: {self.world} learner rank(s), {self.rl.mode} rollouts, "
-                  f"{self.rl.prompts_per_iteration} prompts x {self.algorithm.group_size} per iteration, "
-                  f"minibatches of {self.rl.minibatch_size}, {self.rl.epochs} epoch(s), ZeRO {plan.deepspeed.zero_stage}",
-                  flush=True)
+            print(
+                f"{plan.stage}: learning {where}: {self.world} learner rank(s), {self.rl.mode} rollouts, "
+                f"{self.rl.prompts_per_iteration} prompts x {self.algorithm.group_size} per iteration, "
+                f"minibatches of {self.rl.minibatch_size}, {self.rl.epochs} epoch(s), ZeRO {plan.deepspeed.zero_stage}",
+                flush=True,
+            )
         began = time.perf_counter()
         for iteration in range(self.start + 1, stop_step + 1):
             metrics = self.iteration(iteration)
@@ -162,8 +170,11 @@ class Learner:
             if self.is_chief and shown:
                 done = iteration - self.start
                 eta = (stop_step - iteration) * (time.perf_counter() - began) / done
-                print(f"{plan.stage}: iteration {iteration}/{plan.train.max_steps} | {progress(metrics)} | "
-                      f"ETA {format_duration(eta)}", flush=True)
+                print(
+                    f"{plan.stage}: iteration {iteration}/{plan.train.max_steps} | {progress(metrics)} | "
+                    f"ETA {format_duration(eta)}",
+                    flush=True,
+                )
             at_interval = plan.train.checkpoint_interval and iteration % plan.train.checkpoint_interval == 0
             if at_interval or iteration == stop_step or iteration in self.extra_checkpoints:
                 self.checkpoint(iteration, metrics)
@@ -173,8 +184,12 @@ class Learner:
     def iteration(self, iteration: int) -> dict[str, float] | None:
         """One iteration on every rank; its metrics, or None when bad rewards stop the run."""
         started = time.perf_counter()
-        chosen = stream_indices(len(self.prompts), (iteration - 1) * self.rl.prompts_per_iteration,
-                                self.rl.prompts_per_iteration, self.plan.shuffle_seed)
+        chosen = stream_indices(
+            len(self.prompts),
+            (iteration - 1) * self.rl.prompts_per_iteration,
+            self.rl.prompts_per_iteration,
+            self.plan.shuffle_seed,
+        )
         prompt_index = np.repeat(chosen, self.algorithm.group_size).tolist()  # a prompt's group is consecutive
         timings = {"sync": 0.0}
         rollouts = None  # on rank 0 until it broadcasts them
@@ -202,8 +217,11 @@ class Learner:
             self.state.bad_in_a_row += 1
             self.state.skipped_batches += 1
             if self.is_chief:
-                print(f"warning: iteration {iteration}: {self.reward.source} {problem}; batch skipped "
-                      f"({self.state.bad_in_a_row} in a row, the run stops at {self.reward.max_bad_batches})", flush=True)
+                print(
+                    f"warning: iteration {iteration}: {self.reward.source} {problem}; batch skipped "
+                    f"({self.state.bad_in_a_row} in a row, the run stops at {self.reward.max_bad_batches})",
+                    flush=True,
+                )
             if self.state.bad_in_a_row >= self.reward.max_bad_batches:
                 self.stop(iteration, problem)
                 return None
@@ -224,8 +242,14 @@ class Learner:
         mine = [row for row in range(len(prompt_index)) if (row // group) % self.world == self.rank]
         prompts = [self.prompts.ids[prompt_index[row]] for row in mine]
         sampling = Sampling(self.rl.temperature, self.rl.top_k, self.rl.top_p)
-        out = sample_rollouts(self.engine.module.policy, prompts, self.rl.max_new_tokens, sampling, self.eos_id,
-                              rollout_seed(self.rl.seed, iteration, self.rank))
+        out = sample_rollouts(
+            self.engine.module.policy,
+            prompts,
+            self.rl.max_new_tokens,
+            sampling,
+            self.eos_id,
+            rollout_seed(self.rl.seed, iteration, self.rank),
+        )
         shares = [(mine, out.tokens, out.stopped)]
         if self.world > 1:
             gathered = [None] * self.world if self.is_chief else None
@@ -248,14 +272,17 @@ class Learner:
         inputs, targets, mask = rollouts.tensors(rows, self.eos_id, self.device)
         scores = torch.tensor(rollouts.scores, dtype=torch.float32)
         coef = self.kl_control.coef
-        scored = score_rollouts(self.engine, self.reference, inputs, targets, mask, self.rl.temperature, micro,
-                                self.autocast)
+        scored = score_rollouts(
+            self.engine, self.reference, inputs, targets, mask, self.rl.temperature, micro, self.autocast
+        )
         per_row = {**scored, **self.algorithm.advantages(scored, scores, rows, mask, coef)}
         sums: dict[str, float] = {}
         steps = 0
         for epoch in range(self.rl.epochs):
-            order = torch.randperm(len(rows), generator=torch.Generator().manual_seed(
-                rollout_seed(self.rl.seed, iteration, epoch, self.rank)))
+            order = torch.randperm(
+                len(rows),
+                generator=torch.Generator().manual_seed(rollout_seed(self.rl.seed, iteration, epoch, self.rank)),
+            )
             for start in range(0, len(rows), self.share):  # one optimizer step per minibatch
                 minibatch = order[start : start + self.share]
                 for chunk in minibatch.split(micro):
@@ -308,24 +335,47 @@ class Learner:
         with (Path(self.plan.run_dir) / SAMPLES_FILE).open("a") as out:
             for row in range(keep):
                 reward = rollouts.scores[row] if rollouts.scores is not None else None
-                out.write(json.dumps({"iteration": iteration, "prompt": self.prompts.texts[rollouts.prompt_index[row]],
-                                      "response": responses[row], "reward": reward}) + "\n")
+                out.write(
+                    json.dumps(
+                        {
+                            "iteration": iteration,
+                            "prompt": self.prompts.texts[rollouts.prompt_index[row]],
+                            "response": responses[row],
+                            "reward": reward,
+                        }
+                    )
+                    + "\n"
+                )
 
     def checkpoint(self, iteration: int, metrics: dict[str, float]) -> None:
         description = {}
         if self.is_chief:
-            description = describe_checkpoint(self.plan.model, self.tokenizer, self.plan.dataset_dir, self.plan.train,
-                                              stage=self.plan.stage, weights_prefix=POLICY_PREFIX)
+            description = describe_checkpoint(
+                self.plan.model,
+                self.tokenizer,
+                self.plan.dataset_dir,
+                self.plan.train,
+                stage=self.plan.stage,
+                weights_prefix=POLICY_PREFIX,
+            )
             description[STATE_FILE] = json.dumps(dataclasses.asdict(self.state)).encode()
-        state = TrainingState(iteration, iteration * self.rl.prompts_per_iteration, self.rl.minibatch_size, self.world,
-                              1, self.plan.deepspeed.zero_stage)
+        state = TrainingState(
+            iteration,
+            iteration * self.rl.prompts_per_iteration,
+            self.rl.minibatch_size,
+            self.world,
+            1,
+            self.plan.deepspeed.zero_stage,
+        )
         save_and_report(self.engine, state, {"step": iteration, **metrics}, self.is_chief, description)
 
     def stop(self, iteration: int, problem: str) -> None:
         """Bad rewards too many times in a row: record why for the driver, keep the last checkpoint."""
         if self.is_chief:
-            reason = (f"{self.reward.source}: bad rewards for {self.state.bad_in_a_row} batches in a row (last: "
-                      f"{problem}); stopped at iteration {iteration}")
+            reason = (
+                f"{self.reward.source}: bad rewards for {self.state.bad_in_a_row} batches in a row (last: "
+                f"{problem}); stopped at iteration {iteration}"
+            )
             (Path(self.plan.run_dir) / STOP_FILE).write_text(json.dumps({"iteration": iteration, "reason": reason}))
             print(f"{self.plan.stage}: {reason}", flush=True)
 
@@ -340,15 +390,19 @@ def broadcast(message: dict[str, Any], world: int) -> dict[str, Any]:
 
 
 def progress(metrics: dict[str, float]) -> str:
-    line = [f"reward {metrics['rl/reward_mean']:.3f} ± {metrics['rl/reward_std']:.3f}" if "rl/reward_mean" in metrics
-            else "rewards skipped"]
+    line = [
+        f"reward {metrics['rl/reward_mean']:.3f} ± {metrics['rl/reward_std']:.3f}"
+        if "rl/reward_mean" in metrics
+        else "rewards skipped"
+    ]
     if "rl/kl" in metrics:
         line.append(f"kl {metrics['rl/kl']:.4f} (coef {metrics['rl/kl_coef']:.3f})")
         line.append(f"entropy {metrics['rl/entropy']:.2f} | clip {metrics['rl/clip_fraction']:.2f}")
     if "rl/value_loss" in metrics:
         line.append(f"value loss {metrics['rl/value_loss']:.4f}")
     line.append(f"length {metrics['rl/response_length']:.1f}")
-    shares = " ".join(f"{phase} {100 * metrics[f'rl/{phase}_share']:.0f}%"
-                      for phase in ("sync", "generation", "scoring", "learning"))
+    shares = " ".join(
+        f"{phase} {100 * metrics[f'rl/{phase}_share']:.0f}%" for phase in ("sync", "generation", "scoring", "learning")
+    )
     line.append(f"{shares} of {metrics['rl/iteration_s']:.2f} s")
     return " | ".join(line)

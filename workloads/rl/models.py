@@ -4,6 +4,7 @@ One engine (one AdamW) trains both: the critic shares no weights with the policy
 loss gives each network exactly its own gradient, and one checkpoint holds both (the policy's
 weights under `policy.`, which is what loading the checkpoint as a language model reads).
 """
+
 from __future__ import annotations
 
 import torch

@@ -4,6 +4,7 @@ Position t holds what the policy did at step t: the log-probability of token t+1
 prefix up to t, and (PPO) the critic's value of that prefix. `mask` is True where token t+1
 is a response token (the closing end-of-document token included: stopping is an action too).
 """
+
 from __future__ import annotations
 
 import torch
@@ -35,8 +36,9 @@ def last_action(mask: torch.Tensor) -> torch.Tensor:
     return mask.long().cumsum(dim=1).argmax(dim=1)  # the running count first reaches its maximum there
 
 
-def ppo_token_rewards(scores: torch.Tensor, logp: torch.Tensor, ref_logp: torch.Tensor, mask: torch.Tensor,
-                      kl_coef: float) -> torch.Tensor:
+def ppo_token_rewards(
+    scores: torch.Tensor, logp: torch.Tensor, ref_logp: torch.Tensor, mask: torch.Tensor, kl_coef: float
+) -> torch.Tensor:
     """Ziegler et al.'s per-token reward (B, T): -kl_coef x k1 at every response token, plus the
     sequence's score at its last token."""
     rewards = -kl_coef * k1(logp, ref_logp) * mask
@@ -45,8 +47,9 @@ def ppo_token_rewards(scores: torch.Tensor, logp: torch.Tensor, ref_logp: torch.
     return rewards
 
 
-def gae(rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: float, lam: float
-        ) -> tuple[torch.Tensor, torch.Tensor]:
+def gae(
+    rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: float, lam: float
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Generalised advantage estimation (Schulman et al. 2016) over each row's response positions.
 
     The value after the last response token is 0 (the episode ends). Returns (advantages,
@@ -76,8 +79,9 @@ def group_advantages(scores: torch.Tensor, group_size: int, eps: float = 1e-6) -
     return normalised.reshape(-1)
 
 
-def clipped_surrogate(logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Tensor, clip: float
-                      ) -> tuple[torch.Tensor, torch.Tensor]:
+def clipped_surrogate(
+    logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Tensor, clip: float
+) -> tuple[torch.Tensor, torch.Tensor]:
     """PPO's per-token loss -min(ratio x A, clip(ratio) x A) (B, T), and where the clip was active (B, T)."""
     ratio = torch.exp(logp - old_logp)
     unclipped = ratio * advantages
@@ -85,7 +89,9 @@ def clipped_surrogate(logp: torch.Tensor, old_logp: torch.Tensor, advantages: to
     return -torch.min(unclipped, clipped), (clipped < unclipped).float()
 
 
-def clipped_value_loss(values: torch.Tensor, old_values: torch.Tensor, returns: torch.Tensor, clip: float) -> torch.Tensor:
+def clipped_value_loss(
+    values: torch.Tensor, old_values: torch.Tensor, returns: torch.Tensor, clip: float
+) -> torch.Tensor:
     """The critic's per-token loss 0.5 x max((V - R)^2, (V_clipped - R)^2) (B, T); unclipped when clip is 0."""
     loss = (values - returns) ** 2
     if clip > 0:

@@ -6,6 +6,7 @@ the tokenizer and `manifest.json` (with the file's sha256). The driver writes it
 addressed by a hash of its sources and tokenizer; the learner reads it whole (prompts are few
 and short). The text goes to the reward, the ids to the generator.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -21,15 +22,22 @@ KIND = "prompts"
 PROMPTS_FILE = "prompts.jsonl"
 
 
-def write_prompt_set(directory: Path, texts: list[str], ids: list[list[int]], manifest: dict[str, Any],
-                     tokenizer_bytes: bytes) -> None:
+def write_prompt_set(
+    directory: Path, texts: list[str], ids: list[list[int]], manifest: dict[str, Any], tokenizer_bytes: bytes
+) -> None:
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / PROMPTS_FILE
-    path.write_text("".join(json.dumps({"prompt": t, "ids": i}) + "\n" for t, i in zip(texts, ids, strict=True)),
-                    encoding="utf-8")
+    path.write_text(
+        "".join(json.dumps({"prompt": t, "ids": i}) + "\n" for t, i in zip(texts, ids, strict=True)), encoding="utf-8"
+    )
     (directory / TOKENIZER_FILE).write_bytes(tokenizer_bytes)
-    manifest = {**manifest, "kind": KIND, "format_version": FORMAT_VERSION, "prompts": len(texts),
-                "files": {PROMPTS_FILE: hashlib.sha256(path.read_bytes()).hexdigest()}}
+    manifest = {
+        **manifest,
+        "kind": KIND,
+        "format_version": FORMAT_VERSION,
+        "prompts": len(texts),
+        "files": {PROMPTS_FILE: hashlib.sha256(path.read_bytes()).hexdigest()},
+    }
     (directory / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2))
 
 
@@ -44,7 +52,7 @@ class PromptSet:
     ids: list[list[int]]  # each opens with the end-of-document token
 
     @classmethod
-    def load(cls, directory: str | Path) -> "PromptSet":
+    def load(cls, directory: str | Path) -> PromptSet:
         read_prompt_manifest(directory)
         rows = [json.loads(line) for line in (Path(directory) / PROMPTS_FILE).read_text(encoding="utf-8").splitlines()]
         return cls([row["prompt"] for row in rows], [row["ids"] for row in rows])
@@ -52,7 +60,7 @@ class PromptSet:
     def __len__(self) -> int:
         return len(self.texts)
 
-    def fitting(self, longest: int) -> "PromptSet":
+    def fitting(self, longest: int) -> PromptSet:
         """The prompts of at most `longest` tokens (those that leave room for a whole response), in order."""
         keep = [i for i, ids in enumerate(self.ids) if len(ids) <= longest]
         return PromptSet([self.texts[i] for i in keep], [self.ids[i] for i in keep])

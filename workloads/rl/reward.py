@@ -8,6 +8,7 @@ Whatever comes back is checked (`reward_problem`): one finite number per respons
 any rollout the driver asks the scorer for a trial call on two dummy responses; during the
 run a bad batch is reported, not raised, so that the learner can skip it and count it.
 """
+
 from __future__ import annotations
 
 import importlib
@@ -32,11 +33,15 @@ def import_reward_function(path: str):
     try:
         module = importlib.import_module(module_name)
     except Exception as e:  # noqa: BLE001 - whatever the import raises, the path does not resolve
-        raise UserInputError(f"reward.function: {path!r} does not resolve ({type(e).__name__}: "
-                             f"{str(e).splitlines()[0] if str(e) else ''})") from None
+        raise UserInputError(
+            f"reward.function: {path!r} does not resolve ({type(e).__name__}: "
+            f"{str(e).splitlines()[0] if str(e) else ''})"
+        ) from None
     function = getattr(module, name, None)
     if not callable(function):
-        raise UserInputError(f"reward.function: {path!r} does not resolve (module {module_name!r} has no function {name!r})")
+        raise UserInputError(
+            f"reward.function: {path!r} does not resolve (module {module_name!r} has no function {name!r})"
+        )
     return function
 
 
@@ -78,9 +83,16 @@ class RewardScorer:
         """{"rewards": one float per response, or None; "problem": '' or what went wrong}."""
         self._load()
         try:
-            values = self._function(list(prompts), list(responses)) if self._function else self._score_model(prompts, responses)
+            values = (
+                self._function(list(prompts), list(responses))
+                if self._function
+                else self._score_model(prompts, responses)
+            )
         except Exception as e:  # noqa: BLE001 - a reward that raises is a bad batch, reported like the others
-            return {"rewards": None, "problem": f"raised {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"}
+            return {
+                "rewards": None,
+                "problem": f"raised {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}",
+            }
         problem = reward_problem(values, len(responses))
         return {"rewards": None if problem else [float(v) for v in values], "problem": problem}
 
@@ -97,8 +109,10 @@ class RewardScorer:
         tokenizer, context = self._model.tokenizer, self._model.config.max_seq_len
         rewards: list[float] = []
         for start in range(0, len(prompts), BATCH_SIZE):
-            ids = [sequence(tokenizer.eos_id, tokenizer.encode(p), tokenizer.encode(r))[-context:]
-                   for p, r in zip(prompts[start : start + BATCH_SIZE], responses[start : start + BATCH_SIZE])]
+            ids = [
+                sequence(tokenizer.eos_id, tokenizer.encode(p), tokenizer.encode(r))[-context:]
+                for p, r in zip(prompts[start : start + BATCH_SIZE], responses[start : start + BATCH_SIZE])
+            ]
             batch = torch.zeros(len(ids), max(map(len, ids)), dtype=torch.long)  # right-padded: (B, T)
             for row, seq in enumerate(ids):
                 batch[row, : len(seq)] = torch.tensor(seq)

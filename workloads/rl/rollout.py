@@ -7,6 +7,7 @@ which `ActorSpec` keeps: `ActorRole` calls all actors of one role together, and 
 dies it starts a replacement and retries that actor's share (the shares' sampling seeds do
 not depend on which actor runs them, so a retried share gives the same rollouts).
 """
+
 from __future__ import annotations
 
 import os
@@ -27,12 +28,19 @@ from workloads.model import GPT, ModelConfig
 MAX_REPLACEMENTS_IN_A_ROW = 3
 
 
-def sample_rollouts(model: GPT, prompts: Sequence[Sequence[int]], max_new_tokens: int, sampling: Sampling,
-                    eos_id: int, seed: int) -> Generated:
+def sample_rollouts(
+    model: GPT, prompts: Sequence[Sequence[int]], max_new_tokens: int, sampling: Sampling, eos_id: int, seed: int
+) -> Generated:
     """Responses to `prompts` (each opening with end-of-document), stopping at end-of-document."""
     room = model.cfg.max_seq_len - max(map(len, prompts))  # the driver checked every prompt leaves room
-    return generate(model, prompts, min(max_new_tokens, room), sampling, eos_id=eos_id,
-                    generator=torch.Generator().manual_seed(seed))
+    return generate(
+        model,
+        prompts,
+        min(max_new_tokens, room),
+        sampling,
+        eos_id=eos_id,
+        generator=torch.Generator().manual_seed(seed),
+    )
 
 
 class RolloutWorker:
@@ -105,11 +113,16 @@ class ActorRole:
                 break
             failures_in_a_row += 1
             if failures_in_a_row > MAX_REPLACEMENTS_IN_A_ROW:
-                raise RuntimeError(f"{self.role} actors died {failures_in_a_row} times in a row "
-                                   f"(last: {str(dead[-1][1]).splitlines()[0]})")
+                raise RuntimeError(
+                    f"{self.role} actors died {failures_in_a_row} times in a row "
+                    f"(last: {str(dead[-1][1]).splitlines()[0]})"
+                )
             for i, error in dead:
-                print(f"warning: {self.role} actor {i} died ({type(error).__name__}); starting a replacement and "
-                      f"retrying its share", flush=True)
+                print(
+                    f"warning: {self.role} actor {i} died ({type(error).__name__}); starting a replacement and "
+                    f"retrying its share",
+                    flush=True,
+                )
                 self.handles[i] = self.spec.start()
                 self.replacements += 1
         return results

@@ -1,4 +1,5 @@
 """Training stages: each supplies data, model, loss and metrics to the one loop (`workloads.loop`)."""
+
 from __future__ import annotations
 
 import importlib

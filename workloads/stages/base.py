@@ -6,6 +6,7 @@ checkpoints and resume on any worker count, sample accounting, progress lines an
 metrics, and evaluation at a fixed cadence. Pretraining, SFT, reward modelling and
 DPO are each a `Stage`.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -38,7 +39,7 @@ class WorkerPlan:
     options: dict[str, Any] = field(default_factory=dict)  # the stage's own config section, as a dict
 
     @classmethod
-    def from_payload(cls, payload: dict[str, Any]) -> "WorkerPlan":
+    def from_payload(cls, payload: dict[str, Any]) -> WorkerPlan:
         return cls(
             stage=payload["stage"],
             model=ModelConfig(**payload["model"]),

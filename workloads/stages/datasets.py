@@ -12,6 +12,7 @@ Every sequence is `[eos] + prompt + response + [eos]`: it opens as a document do
 pretraining (after an end-of-document token), and the response ends the document.
 Workers memory-map the arrays; a sample index is a row.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -31,8 +32,10 @@ FORMAT_VERSION = 1
 SPLITS = ("train", "val")
 IGNORED_TARGET = -100
 PADDING_SEGMENT = -1  # padding at the end of a packed row: attends only to itself, scored never
-_ARRAYS = {"sft": ("tokens", "segments", "scored"),
-           "preference": ("chosen", "rejected", "chosen_len", "rejected_len", "prompt_len")}
+_ARRAYS = {
+    "sft": ("tokens", "segments", "scored"),
+    "preference": ("chosen", "rejected", "chosen_len", "rejected_len", "prompt_len"),
+}
 
 
 @dataclass
@@ -51,6 +54,7 @@ def sequence(eos_id: int, prompt: list[int], response: list[int]) -> list[int]:
 # ---------------------------------------------------------------------------
 # Building (on the driver)
 # ---------------------------------------------------------------------------
+
 
 def pack_sft(examples: list[Example], seq_len: int, eos_id: int) -> dict[str, np.ndarray]:
     """Examples packed whole, in order, into rows of seq_len + 1 tokens (an example never spans two rows)."""
@@ -74,9 +78,11 @@ def pack_sft(examples: list[Example], seq_len: int, eos_id: int) -> dict[str, np
         scored += [position >= first_scored for position in range(len(ids))]
     if tokens:
         rows.append((tokens, segments, scored))
-    out = {"tokens": np.zeros((len(rows), width), np.int32),
-           "segments": np.full((len(rows), width), PADDING_SEGMENT, np.int32),
-           "scored": np.zeros((len(rows), width), bool)}
+    out = {
+        "tokens": np.zeros((len(rows), width), np.int32),
+        "segments": np.full((len(rows), width), PADDING_SEGMENT, np.int32),
+        "scored": np.zeros((len(rows), width), bool),
+    }
     for row, (row_tokens, row_segments, row_scored) in enumerate(rows):
         out["tokens"][row, : len(row_tokens)] = row_tokens
         out["segments"][row, : len(row_segments)] = row_segments
@@ -89,9 +95,13 @@ def pack_sft(examples: list[Example], seq_len: int, eos_id: int) -> dict[str, np
 
 def pad_preferences(examples: list[Example], seq_len: int, eos_id: int) -> dict[str, np.ndarray]:
     n = len(examples)
-    out = {"chosen": np.zeros((n, seq_len), np.int32), "rejected": np.zeros((n, seq_len), np.int32),
-           "chosen_len": np.zeros(n, np.int32), "rejected_len": np.zeros(n, np.int32),
-           "prompt_len": np.zeros(n, np.int32)}
+    out = {
+        "chosen": np.zeros((n, seq_len), np.int32),
+        "rejected": np.zeros((n, seq_len), np.int32),
+        "chosen_len": np.zeros(n, np.int32),
+        "rejected_len": np.zeros(n, np.int32),
+        "prompt_len": np.zeros(n, np.int32),
+    }
     for row, example in enumerate(examples):
         for side, response in (("chosen", example.response), ("rejected", example.rejected)):
             ids = sequence(eos_id, example.prompt, response)
@@ -103,8 +113,13 @@ def pad_preferences(examples: list[Example], seq_len: int, eos_id: int) -> dict[
     return out
 
 
-def write_dataset(directory: Path, kind: str, splits: dict[str, dict[str, np.ndarray]], manifest: dict[str, Any],
-                  tokenizer_bytes: bytes) -> None:
+def write_dataset(
+    directory: Path,
+    kind: str,
+    splits: dict[str, dict[str, np.ndarray]],
+    manifest: dict[str, Any],
+    tokenizer_bytes: bytes,
+) -> None:
     """Write the arrays, the tokenizer and the manifest (with each array's sha256) into `directory`."""
     directory.mkdir(parents=True, exist_ok=True)
     files = {}
@@ -114,14 +129,20 @@ def write_dataset(directory: Path, kind: str, splits: dict[str, dict[str, np.nda
             np.save(path, arrays[name])
             files[path.name] = hashlib.sha256(path.read_bytes()).hexdigest()
     (directory / TOKENIZER_FILE).write_bytes(tokenizer_bytes)
-    manifest = {**manifest, "format_version": FORMAT_VERSION, "kind": kind, "files": files,
-                "rows": {split: int(len(next(iter(arrays.values())))) for split, arrays in splits.items()}}
+    manifest = {
+        **manifest,
+        "format_version": FORMAT_VERSION,
+        "kind": kind,
+        "files": files,
+        "rows": {split: int(len(next(iter(arrays.values())))) for split, arrays in splits.items()},
+    }
     (directory / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2))
 
 
 # ---------------------------------------------------------------------------
 # Reading (in the workers)
 # ---------------------------------------------------------------------------
+
 
 def read_manifest(directory: str | Path, kind: str) -> dict[str, Any]:
     path = Path(directory) / MANIFEST_FILE
@@ -132,8 +153,10 @@ def read_manifest(directory: str | Path, kind: str) -> dict[str, Any]:
     except ValueError as e:
         raise UserInputError(f"{path}: unreadable manifest ({e})") from e
     if manifest.get("format_version") != FORMAT_VERSION or manifest.get("kind") != kind:
-        raise UserInputError(f"{path}: a {manifest.get('kind')!r} dataset of format {manifest.get('format_version')!r}, "
-                             f"not a {kind!r} dataset of format {FORMAT_VERSION}")
+        raise UserInputError(
+            f"{path}: a {manifest.get('kind')!r} dataset of format {manifest.get('format_version')!r}, "
+            f"not a {kind!r} dataset of format {FORMAT_VERSION}"
+        )
     return manifest
 
 
@@ -143,7 +166,9 @@ class _Split:
     def __init__(self, directory: str | Path, split: str):
         self.directory = Path(directory)
         self.manifest = read_manifest(directory, self.kind)
-        self.arrays = {name: np.load(self.directory / f"{split}-{name}.npy", mmap_mode="r") for name in _ARRAYS[self.kind]}
+        self.arrays = {
+            name: np.load(self.directory / f"{split}-{name}.npy", mmap_mode="r") for name in _ARRAYS[self.kind]
+        }
 
     def __len__(self) -> int:
         return len(next(iter(self.arrays.values())))

@@ -11,6 +11,7 @@ No reference model stays in memory while training (ZeRO-3 partitions only the
 policy), and the reference costs one forward pass per pair instead of one per pair
 per epoch; a resumed run recomputes the same table from the same starting weights.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -73,7 +74,9 @@ class DPOStage(PreferenceStage):
         size = self.plan.train.micro_batch_size
         for start in range(0, share, size):
             rows = np.minimum(mine[start : start + size], pairs - 1)  # the last share may run past the end
-            scores[start : start + len(rows)] = torch.stack(sequence_logprobs(model, self.batch(split, rows)), dim=1).double()
+            scores[start : start + len(rows)] = torch.stack(
+                sequence_logprobs(model, self.batch(split, rows)), dim=1
+            ).double()
         if world > 1:
             gathered = [torch.zeros_like(scores) for _ in range(world)]
             dist.all_gather(gathered, scores)

@@ -5,6 +5,7 @@ on the Bradley-Terry loss -log sigmoid(margin); they differ in where the rewards
 from (`pair_rewards`). Held-out metrics: loss, preference accuracy (margin > 0),
 mean margin and mean rewards, summed over every rank.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -26,8 +27,13 @@ PAIR_METRICS = ("loss", "accuracy", "margin", "reward_chosen", "reward_rejected"
 def pair_metrics(chosen: torch.Tensor, rejected: torch.Tensor) -> dict[str, torch.Tensor]:
     """Per-pair values (B,) of each PAIR_METRICS entry from the two rewards (B,)."""
     margin = chosen - rejected
-    return {"loss": -F.logsigmoid(margin), "accuracy": (margin > 0).float(), "margin": margin,
-            "reward_chosen": chosen, "reward_rejected": rejected}
+    return {
+        "loss": -F.logsigmoid(margin),
+        "accuracy": (margin > 0).float(),
+        "margin": margin,
+        "reward_chosen": chosen,
+        "reward_rejected": rejected,
+    }
 
 
 class PreferenceStage(Stage):
@@ -85,8 +91,13 @@ class PreferenceStage(Stage):
         return {f"eval/{key}": value for key, value in zip(PAIR_METRICS, (sums[:-1] / sums[-1]).tolist())}
 
     def progress(self, metrics):
-        return f"loss {metrics['train/loss']:.4f} | accuracy {metrics['train/accuracy']:.3f} | margin {metrics['train/margin']:.3f}"
+        return (
+            f"loss {metrics['train/loss']:.4f} | accuracy {metrics['train/accuracy']:.3f} | "
+            f"margin {metrics['train/margin']:.3f}"
+        )
 
     def eval_line(self, metrics):
-        return (f"loss {metrics['eval/loss']:.4f} | accuracy {metrics['eval/accuracy']:.3f} | "
-                f"margin {metrics['eval/margin']:.3f}")
+        return (
+            f"loss {metrics['eval/loss']:.4f} | accuracy {metrics['eval/accuracy']:.3f} | "
+            f"margin {metrics['eval/margin']:.3f}"
+        )

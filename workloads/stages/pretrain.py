@@ -1,4 +1,5 @@
 """Pretraining as a stage: next-token loss over packed token shards, plain or pipelined."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -64,8 +65,15 @@ class PretrainStage(Stage):
             return super().build_engine(world, overrides)
         plan = self.plan
         # The stages start from GPT(plan.model)'s weights under the same seed, like every other layout.
-        engine = build_pipeline_engine(plan.model, plan.parallel, plan.deepspeed, plan.train,
-                                       world // plan.parallel.pipeline_stages, self.on_gpu, overrides)
+        engine = build_pipeline_engine(
+            plan.model,
+            plan.parallel,
+            plan.deepspeed,
+            plan.train,
+            world // plan.parallel.pipeline_stages,
+            self.on_gpu,
+            overrides,
+        )
         # Ranks of one pipeline share a data-parallel rank: they read the same samples.
         dp_rank, dp_world = data_parallel_coordinates(engine)
         return engine, dp_rank, dp_world
@@ -80,7 +88,9 @@ class PretrainStage(Stage):
     def evaluate(self, engine, dp_rank, dp_world):
         indices = eval_sample_indices(self.val_set.num_samples, self.plan.train.eval_samples, dp_rank, dp_world)
         evaluate_fn = pipeline_evaluate if self.pipelined else evaluate
-        return evaluate_fn(engine, self.val_set, indices, self.plan.train.micro_batch_size, self.byte_lengths, self.device)
+        return evaluate_fn(
+            engine, self.val_set, indices, self.plan.train.micro_batch_size, self.byte_lengths, self.device
+        )
 
     def describe(self):
         return describe_checkpoint(self.plan.model, self.tokenizer, self.plan.dataset_dir, self.plan.train)

@@ -1,5 +1,6 @@
 """The reward model: a GPT backbone (the SFT model by default) with a scalar head on the last token,
 trained on ranked responses with the Bradley-Terry loss."""
+
 from __future__ import annotations
 
 import torch
@@ -21,10 +22,12 @@ class RewardStage(PreferenceStage):
     def pair_rewards(self, engine, split, indices):
         batch = self.batch(split, indices)
         # Chosen and rejected in one forward: (2B, T) sequences, a reward read at each one's last token.
-        rewards = engine(torch.cat((batch["chosen"], batch["rejected"])),
-                         torch.cat((batch["chosen_last"], batch["rejected_last"])))  # (2B,)
+        rewards = engine(
+            torch.cat((batch["chosen"], batch["rejected"])), torch.cat((batch["chosen_last"], batch["rejected_last"]))
+        )  # (2B,)
         return rewards.chunk(2)
 
     def describe(self):
-        return describe_checkpoint(self.plan.model, self.tokenizer, self.plan.dataset_dir, self.plan.train,
-                                   stage="reward", kind=SCALAR_HEAD)
+        return describe_checkpoint(
+            self.plan.model, self.tokenizer, self.plan.dataset_dir, self.plan.train, stage="reward", kind=SCALAR_HEAD
+        )

@@ -1,4 +1,5 @@
 """Supervised fine-tuning: next-token loss on response tokens only, examples packed with per-example masks."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -57,7 +58,11 @@ class SFTStage(Stage):
         return evaluate(engine, self.val_set, indices, self.plan.train.micro_batch_size, self.byte_lengths, self.device)
 
     def describe(self):
-        return describe_checkpoint(self.model_config, self.tokenizer, self.plan.dataset_dir, self.plan.train, stage="sft")
+        return describe_checkpoint(
+            self.model_config, self.tokenizer, self.plan.dataset_dir, self.plan.train, stage="sft"
+        )
 
     def eval_line(self, metrics):
-        return f"response loss {metrics['eval/loss']:.4f} | ppl {metrics['eval/ppl']:.2f} | bpb {metrics['eval/bpb']:.4f}"
+        return (
+            f"response loss {metrics['eval/loss']:.4f} | ppl {metrics['eval/ppl']:.2f} | bpb {metrics['eval/bpb']:.4f}"
+        )

@@ -1,4 +1,5 @@
 """The first-step section's bookkeeping: one launch that builds DeepSpeed's ops, then cold launches."""
+
 from __future__ import annotations
 
 from orchestrator.benchmarks import first_step
@@ -14,8 +15,10 @@ def test_first_build_is_reported_apart_and_the_lowest_cold_launch_counts(tmp_pat
         extensions_dir.mkdir(exist_ok=True)
         (extensions_dir / "op.so").touch()
         seconds = {1: 60.0, 2: 21.0, 3: 19.5}[len(launches)]
-        return {"first_step_s": seconds, "details": {"phases_s": {"first_step": seconds}, "exit_status": 0,
-                                                    "load_average_at_launch": 0.1}}
+        return {
+            "first_step_s": seconds,
+            "details": {"phases_s": {"first_step": seconds}, "exit_status": 0, "load_average_at_launch": 0.1},
+        }
 
     monkeypatch.setattr(first_step, "measure_first_step", fake_launch)
     measured = first_step.measure_first_steps(tmp_path / "dataset", tmp_path, cold_runs=2)

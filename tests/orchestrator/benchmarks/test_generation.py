@@ -1,4 +1,5 @@
 """The generate section on a tiny model: the same greedy tokens with and without the cache and in transformers."""
+
 from __future__ import annotations
 
 from orchestrator.benchmarks.generation import measure_generate

@@ -1,4 +1,5 @@
 """The bench's table against its goals, and its warnings of a busy machine."""
+
 from __future__ import annotations
 
 import json
@@ -7,8 +8,13 @@ from orchestrator.benchmarks.goals import busy_machine_warnings, meets_goal, tab
 
 
 def test_report_table_and_goals():
-    report = {"pretrain_vs_bare_ratio": 0.97, "first_step_s": 20.0, "quality_flops": 7.89e12,
-              "gpu": {"skipped": "no CUDA device is present"}, "details": {}}
+    report = {
+        "pretrain_vs_bare_ratio": 0.97,
+        "first_step_s": 20.0,
+        "quality_flops": 7.89e12,
+        "gpu": {"skipped": "no CUDA device is present"},
+        "details": {},
+    }
     assert meets_goal("pretrain_vs_bare_ratio", 0.97) and not meets_goal("first_step_s", 20.0)
     assert meets_goal("quality_flops", 1.0) is None
     lines = table(report).splitlines()
@@ -19,9 +25,15 @@ def test_report_table_and_goals():
 
 
 def test_busy_machine_is_reported():
-    quiet = {"cpus_on_machine": 2, "load_average_at_start": [0.1, 0.2, 0.3],
-             "details": {"throughput": {"bare_spread": 0.01}}}
+    quiet = {
+        "cpus_on_machine": 2,
+        "load_average_at_start": [0.1, 0.2, 0.3],
+        "details": {"throughput": {"bare_spread": 0.01}},
+    }
     assert busy_machine_warnings(quiet) == []
-    busy = {"cpus_on_machine": 2, "load_average_at_start": [3.0, 2.0, 1.0],
-            "details": {"throughput": {"bare_spread": 0.2}}}
+    busy = {
+        "cpus_on_machine": 2,
+        "load_average_at_start": [3.0, 2.0, 1.0],
+        "details": {"throughput": {"bare_spread": 0.2}},
+    }
     assert len(busy_machine_warnings(busy)) == 2

@@ -1,4 +1,5 @@
 """The gpu section without a CUDA device."""
+
 from __future__ import annotations
 
 import pytest

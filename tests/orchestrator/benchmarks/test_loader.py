@@ -1,4 +1,5 @@
 """The loader section's measurements on a small dataset."""
+
 from __future__ import annotations
 
 import pytest

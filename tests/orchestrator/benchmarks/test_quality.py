@@ -1,4 +1,5 @@
 """The quality section's arithmetic: nanoGPT's byte split and the FLOP budget in steps."""
+
 from __future__ import annotations
 
 import pytest
@@ -23,7 +24,9 @@ def test_split_never_cuts_inside_a_utf8_character(tmp_path):
     source.write_bytes(text)
     train, val = split_bytes(source, tmp_path / "split")
     assert train.read_bytes() + val.read_bytes() == text
-    assert train.read_bytes().decode("utf-8").endswith("\u00e9") and val.read_bytes().decode("utf-8").startswith("\u4e16")
+    assert train.read_bytes().decode("utf-8").endswith("\u00e9") and val.read_bytes().decode("utf-8").startswith(
+        "\u4e16"
+    )
 
 
 def test_split_refuses_a_file_too_small(tmp_path):

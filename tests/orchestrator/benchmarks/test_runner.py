@@ -1,4 +1,5 @@
 """Choosing the bench's sections: bad choices fail before anything runs."""
+
 from __future__ import annotations
 
 import pytest

@@ -1,4 +1,5 @@
 """The throughput section's configs and step times."""
+
 from __future__ import annotations
 
 import json
@@ -39,8 +40,12 @@ def test_gpt2_reference_is_the_throughput_recipe_in_gpt2s_layout_uncompiled(data
 
 def test_step_times_come_from_the_workers_metrics(tmp_path):
     path = tmp_path / "metrics.jsonl"
-    records = [{"step": 1, "time": 10.0, "train/loss": 5.0}, {"step": 2, "time": 10.5, "train/loss": 4.0},
-               {"step": 2, "time": 11.0, "eval/loss": 4.0}, {"step": 3, "time": 12.0, "train/loss": 3.0}]
+    records = [
+        {"step": 1, "time": 10.0, "train/loss": 5.0},
+        {"step": 2, "time": 10.5, "train/loss": 4.0},
+        {"step": 2, "time": 11.0, "eval/loss": 4.0},
+        {"step": 3, "time": 12.0, "train/loss": 3.0},
+    ]
     path.write_text("".join(json.dumps(r) + "\n" for r in records))
     stamps = step_times_from_metrics(path)
     assert stamps[1:] == [10.0, 10.5, 12.0]

@@ -1,4 +1,5 @@
 """The config system: shipped recipes, overrides, type checks and one-line errors."""
+
 from __future__ import annotations
 
 import subprocess
@@ -32,11 +33,17 @@ def test_required_keys_exist_with_their_names():
     )
     assert (cfg.data.corpus, cfg.train.max_steps, cfg.scaling.num_workers) == ("/tmp/x.txt", 7, 2)
     assert (cfg.scaling.use_gpu, cfg.deepspeed.zero_stage, cfg.run.name, cfg.run.output_dir) == (
-        False, 3, "abc", "/tmp/out")
+        False,
+        3,
+        "abc",
+        "/tmp/out",
+    )
 
 
 def test_overrides_keep_field_types_and_beat_the_recipe():
-    cfg = parse_cli(["--config", "tiny", "--train.lr", "3e-4", "--scaling.cpus_per_worker=0.5", "--deepspeed.extra={a: 1}"])
+    cfg = parse_cli(
+        ["--config", "tiny", "--train.lr", "3e-4", "--scaling.cpus_per_worker=0.5", "--deepspeed.extra={a: 1}"]
+    )
     assert cfg.train.lr == pytest.approx(3e-4) and isinstance(cfg.train.lr, float)
     assert cfg.scaling.cpus_per_worker == 0.5
     assert cfg.deepspeed.extra == {"a": 1}
@@ -51,8 +58,11 @@ def test_overrides_keep_field_types_and_beat_the_recipe():
         (["--train.max_steps=ten"], "train.max_steps: expected int, got 'ten'"),
         (["--scaling.use_gpu=maybe"], "scaling.use_gpu: expected true or false, got 'maybe'"),
         (["--deepspeed.zero_stage=4"], "deepspeed.zero_stage: must be 0, 1, 2 or 3, got 4"),
-        (["--config", "tiny", "--train.global_batch_size=12"],
-         "train.global_batch_size=12 cannot be made from micro_batch_size 4 x grad_accum_steps 2 x data-parallel degree 1 = 8"),
+        (
+            ["--config", "tiny", "--train.global_batch_size=12"],
+            "train.global_batch_size=12 cannot be made from micro_batch_size 4 x grad_accum_steps 2 x "
+            "data-parallel degree 1 = 8",
+        ),
         (["--config", "tiny", "--data.seq_len=128"], "data.seq_len=128 exceeds model.max_seq_len=64"),
         (["--config", "no-such-recipe"], "--config: unknown recipe 'no-such-recipe'"),
         (["--config", "/nonexistent/recipe.yaml"], "--config: no such file: /nonexistent/recipe.yaml"),
@@ -83,9 +93,18 @@ def test_help_prints_every_field_with_its_doc(capsys):
 
 def test_cli_bad_key_exits_nonzero_with_one_error_line(tmp_path):
     done = subprocess.run(
-        [sys.executable, "-m", "orchestrator.pretrain", "--config", "tiny", "--train.max_stepz=3",
-         f"--run.output_dir={tmp_path}"],
-        capture_output=True, text=True, timeout=120,
+        [
+            sys.executable,
+            "-m",
+            "orchestrator.pretrain",
+            "--config",
+            "tiny",
+            "--train.max_stepz=3",
+            f"--run.output_dir={tmp_path}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert done.returncode == 2
     lines = done.stderr.strip().splitlines()

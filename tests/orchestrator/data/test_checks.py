@@ -1,4 +1,5 @@
 """Launch checks of a prepared dataset: each shard hashed once, again only when it changed."""
+
 from __future__ import annotations
 
 import os

@@ -1,4 +1,5 @@
 """Fine-tuning datasets: prompts that leave no room, cut responses, the split by prompt."""
+
 from __future__ import annotations
 
 import json
@@ -35,8 +36,9 @@ def test_long_responses_are_cut_and_counted(tmp_path, tokenizer):
 
 
 def test_split_by_prompt_keeps_a_prompts_pairs_together(tmp_path):
-    records = read_preferences(jsonl(tmp_path, *[{"prompt": f"p{i}", "responses": ["a", "b", "c"], "ranking": [0, 1, 2]}
-                                                 for i in range(200)]))
+    records = read_preferences(
+        jsonl(tmp_path, *[{"prompt": f"p{i}", "responses": ["a", "b", "c"], "ranking": [0, 1, 2]} for i in range(200)])
+    )
     train, val = split_by_prompt(records, 0.1, seed=3)
     assert {r.prompt for r in train}.isdisjoint({r.prompt for r in val})
     assert 0.04 < len(val) / len(records) < 0.2

@@ -1,4 +1,5 @@
 """Preparing a dataset end to end on a real local Ray, checked against an independent recount."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -54,7 +55,10 @@ def test_counts_match_an_independent_recount(mixed_corpus_dataset):
         assert sum(shard["num_samples"] for shard in split["shards"]) == split["num_samples"]
     assert len(train["shards"]) == -(-train["num_samples"] // 200)
     assert manifest["tokenizer"] == {
-        "file": "tokenizer.model", "sha256": tokenizer.sha256, "vocab_size": 400, "eos_id": tokenizer.eos_id,
+        "file": "tokenizer.model",
+        "sha256": tokenizer.sha256,
+        "vocab_size": 400,
+        "eos_id": tokenizer.eos_id,
     }
     assert manifest["empty_documents_skipped"] == 1
     assert len(manifest["sources"]) == 40 + 1 + 1 + 1 + 1  # .md is not a source
@@ -66,9 +70,7 @@ def test_invalid_utf8_is_replaced_and_counted(mixed_corpus_dataset):
     assert load_manifest(dataset_dir)["invalid_utf8_sequences"] == 3
     assert INVALID_BYTES.decode("utf-8", errors="replace") in documents
     tokenizer = Tokenizer.load(dataset_dir / "tokenizer.model")
-    decoded = "".join(
-        tokenizer.decode(read_stream(PackedDataset(dataset_dir, split))) for split in ("train", "val")
-    )
+    decoded = "".join(tokenizer.decode(read_stream(PackedDataset(dataset_dir, split))) for split in ("train", "val"))
     assert "before \ufffd middle \ufffd after \ufffd( end" in decoded
 
 
@@ -204,7 +206,12 @@ def test_hash_covers_what_shapes_the_output():
     data, tok = DataConfig(), TokenizerConfig()
     sources = [SourceDigest("a.txt", "text", "0" * 64, 10)]
     key = dataset_hash(data, tok, sources, [], None, 1 << 20)
-    assert dataset_hash(dataclasses.replace(data, dataset_dir="/elsewhere", shuffle_seed=9), tok, sources, [], None, 1 << 20) == key
+    assert (
+        dataset_hash(
+            dataclasses.replace(data, dataset_dir="/elsewhere", shuffle_seed=9), tok, sources, [], None, 1 << 20
+        )
+        == key
+    )
     assert dataset_hash(dataclasses.replace(data, seq_len=128), tok, sources, [], None, 1 << 20) != key
     assert dataset_hash(data, dataclasses.replace(tok, vocab_size=1000), sources, [], None, 1 << 20) != key
     assert dataset_hash(data, tok, [SourceDigest("a.txt", "text", "1" * 64, 10)], [], None, 1 << 20) != key

@@ -6,6 +6,7 @@ with files big enough to be cut into pieces: a long .txt, a long .jsonl and a
 parquet file of many row groups, next to small files. A small group size cuts it
 into several dozen groups, so that tasks really run side by side.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -36,10 +37,28 @@ from workloads.data.loader import load_manifest
 from workloads.tokenizer import TokenizerConfig
 
 GROUP_BYTES = 32 * 1024  # several dozen groups: a window of seconds to kill a prepare mid-way
-MODULES = ["argparse.py", "dataclasses.py", "inspect.py", "pathlib.py", "subprocess.py", "typing.py",
-           "textwrap.py", "functools.py", "json/decoder.py", "json/encoder.py", "collections/__init__.py",
-           "enum.py", "tempfile.py", "shutil.py", "logging/__init__.py", "tarfile.py", "zipfile/__init__.py",
-           "ast.py", "pickle.py", "threading.py"]
+MODULES = [
+    "argparse.py",
+    "dataclasses.py",
+    "inspect.py",
+    "pathlib.py",
+    "subprocess.py",
+    "typing.py",
+    "textwrap.py",
+    "functools.py",
+    "json/decoder.py",
+    "json/encoder.py",
+    "collections/__init__.py",
+    "enum.py",
+    "tempfile.py",
+    "shutil.py",
+    "logging/__init__.py",
+    "tarfile.py",
+    "zipfile/__init__.py",
+    "ast.py",
+    "pickle.py",
+    "threading.py",
+]
 
 
 def write_corpus(directory: Path) -> None:
@@ -78,8 +97,9 @@ def reference(corpus, tmp_path_factory):
     ray.shutdown()  # the session's 2-CPU Ray, if any
     ray.init(address="local", num_cpus=1, include_dashboard=False)
     try:
-        output = _capture(lambda: prepare_dataset(*configs(corpus), tmp_path_factory.mktemp("one-cpu"),
-                                                  group_bytes=GROUP_BYTES))
+        output = _capture(
+            lambda: prepare_dataset(*configs(corpus), tmp_path_factory.mktemp("one-cpu"), group_bytes=GROUP_BYTES)
+        )
     finally:
         ray.shutdown()
     return output
@@ -119,7 +139,9 @@ def test_same_dataset_with_two_cpus_and_on_two_nodes(reference, corpus, tmp_path
 
     ray.init(address="local", num_cpus=2, include_dashboard=False)
     try:
-        two_cpus, _ = _capture(lambda: prepare_dataset(*configs(corpus), tmp_path / "two-cpus", group_bytes=GROUP_BYTES))
+        two_cpus, _ = _capture(
+            lambda: prepare_dataset(*configs(corpus), tmp_path / "two-cpus", group_bytes=GROUP_BYTES)
+        )
     finally:
         ray.shutdown()
     assert two_cpus.name == reference_dir.name
@@ -135,8 +157,9 @@ def test_same_dataset_with_two_cpus_and_on_two_nodes(reference, corpus, tmp_path
         cluster.wait_for_nodes()
         ray.init(address=cluster.address)
         assert len([node for node in ray.nodes() if node["Alive"]]) == 2
-        two_nodes, output = _capture(lambda: prepare_dataset(*configs(corpus), tmp_path / "two-nodes",
-                                                             group_bytes=GROUP_BYTES))
+        two_nodes, output = _capture(
+            lambda: prepare_dataset(*configs(corpus), tmp_path / "two-nodes", group_bytes=GROUP_BYTES)
+        )
     finally:
         ray.shutdown()
         cluster.shutdown()
@@ -159,12 +182,14 @@ KILLABLE_PREPARE = textwrap.dedent("""
 def test_killed_prepare_resumes_with_the_finished_groups(reference, corpus, tmp_path, capsys):
     reference_dir, _ = reference
     root = tmp_path / "datasets"
-    script = KILLABLE_PREPARE.format(tests=str(REPO / "tests"), corpus=str(corpus), root=str(root),
-                                     group_bytes=GROUP_BYTES)
+    script = KILLABLE_PREPARE.format(
+        tests=str(REPO / "tests"), corpus=str(corpus), root=str(root), group_bytes=GROUP_BYTES
+    )
     log = tmp_path / "killed-prepare.log"
     with open(log, "w") as out:
-        process = subprocess.Popen([sys.executable, "-c", script], cwd=REPO, start_new_session=True,
-                                   stdout=out, stderr=subprocess.STDOUT)
+        process = subprocess.Popen(
+            [sys.executable, "-c", script], cwd=REPO, start_new_session=True, stdout=out, stderr=subprocess.STDOUT
+        )
     try:
         deadline = time.monotonic() + 120
         while not list(root.glob(".tmp-*/.groups/*.json")):  # the first finished group

@@ -1,4 +1,5 @@
 """Fine-tuning records: both SFT forms, rankings expanded into pairs, malformed lines named with file and line."""
+
 from __future__ import annotations
 
 import json
@@ -16,8 +17,11 @@ def jsonl(tmp_path, *records, name="records.jsonl"):
 
 
 def test_sft_records_in_both_forms(tmp_path):
-    messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"},
-                {"role": "assistant", "content": "Hello"}]
+    messages = [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "Hi"},
+        {"role": "assistant", "content": "Hello"},
+    ]
     records = read_sft(jsonl(tmp_path, {"prompt": "2+2=", "response": "4"}, {"messages": messages}))
     assert (records[0].prompt, records[0].responses) == ("2+2=", ["4"])
     assert records[1].prompt == "### System:\nBe brief.\n### User:\nHi\n### Assistant:\n"
@@ -25,8 +29,11 @@ def test_sft_records_in_both_forms(tmp_path):
 
 
 def test_a_ranking_becomes_every_pair_it_orders(tmp_path):
-    path = jsonl(tmp_path, {"prompt": "p", "responses": ["b", "a", "c"], "ranking": [1, 0, 2]},
-                 {"prompt": "q", "chosen": "x", "rejected": "y"})
+    path = jsonl(
+        tmp_path,
+        {"prompt": "p", "responses": ["b", "a", "c"], "ranking": [1, 0, 2]},
+        {"prompt": "q", "chosen": "x", "rejected": "y"},
+    )
     pairs = [(r.prompt, *r.responses) for r in read_preferences(path)]
     assert pairs == [("p", "a", "b"), ("p", "a", "c"), ("p", "b", "c"), ("q", "x", "y")]
 

@@ -1,4 +1,5 @@
 """The best checkpoint by validation loss survives Ray's newest-K retention."""
+
 from __future__ import annotations
 
 import json
@@ -23,7 +24,12 @@ def write_checkpoint(storage: Path, step: int) -> Path:
 
 
 def report(keeper: BestCheckpointKeeper, directory: Path, step: int, eval_loss: float, eval_step: int | None = None):
-    metrics = {"step": step, "train/loss": 9.0, "eval/loss": eval_loss, "eval_step": step if eval_step is None else eval_step}
+    metrics = {
+        "step": step,
+        "train/loss": 9.0,
+        "eval/loss": eval_loss,
+        "eval_step": step if eval_step is None else eval_step,
+    }
     keeper.after_report(None, [metrics, dict(metrics)], Checkpoint.from_directory(str(directory)))
 
 
@@ -46,7 +52,9 @@ def test_best_checkpoint_outlives_the_newest_k(tmp_path):
     kept = run_dir / best_checkpoint.BEST_LINK
     assert (kept / "step00000008" / "mp_rank_00_model_states.pt").read_bytes() == bytes([8]) * 4096
     assert json.loads((kept / "training_state.json").read_text())["step"] == 8
-    assert [p.name for p in (run_dir / best_checkpoint.BEST_ROOT).iterdir()] == ["step00000008"]  # earlier bests removed
+    assert [p.name for p in (run_dir / best_checkpoint.BEST_ROOT).iterdir()] == [
+        "step00000008"
+    ]  # earlier bests removed
 
 
 def test_only_a_loss_measured_on_the_checkpointed_weights_counts(tmp_path):

@@ -6,6 +6,7 @@ budget centred on the "20 tokens per parameter" guess N = sqrt(C / 120), D = C /
 and 0.5% multiplicative noise on the loss. Held-out points come from other budgets
 and are compared with the noiseless law.
 """
+
 from __future__ import annotations
 
 import json
@@ -37,8 +38,9 @@ NOISE = 0.005
 LAWS = {"chinchilla": (CHINCHILLA, 2022), "epoch": (EPOCH, 2024)}  # law, seed of its sweep's noise
 
 
-def isoflop_sweep(law: LossLaw, rng: np.random.Generator, budgets=BUDGETS, sizes=SIZES_PER_BUDGET,
-                  span=SPAN, noise=NOISE) -> Points:
+def isoflop_sweep(
+    law: LossLaw, rng: np.random.Generator, budgets=BUDGETS, sizes=SIZES_PER_BUDGET, span=SPAN, noise=NOISE
+) -> Points:
     N = np.concatenate([np.geomspace(np.sqrt(C / 120) / span, np.sqrt(C / 120) * span, sizes) for C in budgets])
     C = np.repeat(np.asarray(budgets, dtype=float), sizes)
     D = C / (6 * N)
@@ -106,8 +108,14 @@ def test_huber_gradient_matches_finite_differences():
     theta = np.array([0.5, 6.0, 7.0, 0.4, 0.3])
     _, grad = _huber_objective(theta, x, y, np.log(points.loss), 1e-3)
     step = 1e-6
-    numeric = [(_huber_objective(theta + step * e, x, y, np.log(points.loss), 1e-3)[0]
-                - _huber_objective(theta - step * e, x, y, np.log(points.loss), 1e-3)[0]) / (2 * step) for e in np.eye(5)]
+    numeric = [
+        (
+            _huber_objective(theta + step * e, x, y, np.log(points.loss), 1e-3)[0]
+            - _huber_objective(theta - step * e, x, y, np.log(points.loss), 1e-3)[0]
+        )
+        / (2 * step)
+        for e in np.eye(5)
+    ]
     np.testing.assert_allclose(grad, numeric, rtol=1e-5)
 
 
@@ -139,8 +147,13 @@ def test_sweeps_that_cannot_be_fitted_say_why():
 
 
 def run_fit(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "orchestrator.scaling", "fit", *args], cwd=REPO,
-                          capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "orchestrator.scaling", "fit", *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
 def write_csv(path: Path, header: str, rows: list[str]) -> Path:
@@ -151,8 +164,11 @@ def write_csv(path: Path, header: str, rows: list[str]) -> Path:
 def test_cli_prints_every_parameter_and_a_prediction(tmp_path):
     points = isoflop_sweep(EPOCH, np.random.default_rng(7))
     # no C column: the CLI uses 6 N D
-    csv = write_csv(tmp_path / "points.csv", "N,D,loss,note",
-                    [f"{n!r},{d!r},{l!r},x" for n, d, l in zip(points.N.tolist(), points.D.tolist(), points.loss.tolist())])
+    csv = write_csv(
+        tmp_path / "points.csv",
+        "N,D,loss,note",
+        [f"{n!r},{d!r},{loss!r},x" for n, d, loss in zip(points.N.tolist(), points.D.tolist(), points.loss.tolist())],
+    )
     assert len(read_points_csv(csv)) == len(points)
     result = run_fit(str(csv), "--predict", "1e9,2e10", "--bootstrap", "50", "--seed", "3")
     assert result.returncode == 0, result.stderr
@@ -172,15 +188,22 @@ def test_cli_prints_every_parameter_and_a_prediction(tmp_path):
 GOOD_ROWS = [f"{n},{1e19 / (6 * n)},{3.0 + abs(np.log(n / 1e8)) * 0.1}" for n in (3e7, 1e8, 3e8)]
 
 
-@pytest.mark.parametrize("header, rows, message", [
-    ("N,tokens,loss", GOOD_ROWS, "missing column(s) D"),
-    ("N,D,loss", ["1e8,2e9,abc"], "line 2, column loss: not a number: 'abc'"),
-    ("N,D,loss", ["1e8,-2e9,3.1"], "line 2, column D: must be a positive finite number, got -2e9"),
-    ("N,D,loss", ["0,2e9,3.1"], "line 2, column N: must be a positive finite number"),
-    ("N,D,loss", [], "no data rows"),
-    ("N,D,loss", GOOD_ROWS, "1 compute budget(s)"),
-    ("N,D,C,loss", ["1e8,2e9,1e18,3.1", "2e8,1e9,1e18,3.0", "3e8,1e10,1e19,2.9", "1e9,3e9,1e19,2.8"], "2 distinct sizes"),
-])
+@pytest.mark.parametrize(
+    "header, rows, message",
+    [
+        ("N,tokens,loss", GOOD_ROWS, "missing column(s) D"),
+        ("N,D,loss", ["1e8,2e9,abc"], "line 2, column loss: not a number: 'abc'"),
+        ("N,D,loss", ["1e8,-2e9,3.1"], "line 2, column D: must be a positive finite number, got -2e9"),
+        ("N,D,loss", ["0,2e9,3.1"], "line 2, column N: must be a positive finite number"),
+        ("N,D,loss", [], "no data rows"),
+        ("N,D,loss", GOOD_ROWS, "1 compute budget(s)"),
+        (
+            "N,D,C,loss",
+            ["1e8,2e9,1e18,3.1", "2e8,1e9,1e18,3.0", "3e8,1e10,1e19,2.9", "1e9,3e9,1e19,2.8"],
+            "2 distinct sizes",
+        ),
+    ],
+)
 def test_cli_refuses_a_bad_file_in_one_line(tmp_path, header, rows, message):
     csv = write_csv(tmp_path / "bad.csv", header, rows)
     result = run_fit(str(csv))

@@ -1,4 +1,6 @@
-"""The sweep's grid: IsoFLOP budgets spent on exact FLOPs, WSD branch points, the learning-rate search, explicit grids, refused grids."""
+"""The sweep's grid: IsoFLOP budgets spent on exact FLOPs, WSD branch points, the learning-rate search, explicit
+grids, refused grids."""
+
 from __future__ import annotations
 
 import math
@@ -56,7 +58,7 @@ def test_learning_rate_search_runs_first_and_hands_over_its_best_trial():
     tree, d = tiny_design("--sweep.tune_lr=true", "--sweep.lr_multipliers=[0.5, 2]")
     search = [s for s in d.specs if s.kind == LR_SEARCH]
     sizes = {s.size.key for s in d.specs if s.kind == GRID}
-    assert len(search) == 2 * len(sizes) and d.specs[:len(search)] == search
+    assert len(search) == 2 * len(sizes) and d.specs[: len(search)] == search
     for key in sizes:
         mine = [s for s in d.specs if s.kind == GRID and s.size.key == key]
         smallest = min(mine, key=lambda s: s.steps)

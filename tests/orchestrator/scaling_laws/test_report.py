@@ -1,4 +1,5 @@
 """The sweep report on a synthetic sweep: files, numbers, failed trials, and `python -m orchestrator.report`."""
+
 from __future__ import annotations
 
 import json
@@ -31,11 +32,31 @@ def synthetic_trials() -> list[Trial]:
     for N, D, C, loss in zip(points.N.tolist(), points.D.tolist(), points.C.tolist(), points.loss.tolist()):
         tokens = np.geomspace(D / 100, D, 12)
         curve = [(float(t), float(CHINCHILLA.loss(N, t) * loss / CHINCHILLA.loss(N, D))) for t in tokens]
-        trials.append(Trial(name=f"C{C:.0e}-N{N:.3g}", N=N, N_total=1.2 * N, D=D, C=C, loss=loss, curve=curve,
-                            shape={"n_layer": 8, "d_model": 512}, lr=3e-4))
+        trials.append(
+            Trial(
+                name=f"C{C:.0e}-N{N:.3g}",
+                N=N,
+                N_total=1.2 * N,
+                D=D,
+                C=C,
+                loss=loss,
+                curve=curve,
+                shape={"n_layer": 8, "d_model": 512},
+                lr=3e-4,
+            )
+        )
     trials.append(Trial(name="C1e+20-N9e9", N=9e9, D=1e20 / 5.4e10, C=1e20, status="failed", reason=OOM))
-    trials.append(Trial(name="C3e+19-N2e9", N=2e9, D=2.5e9, C=3e19, status="diverged", reason=DIVERGED,
-                        curve=[(1e7, 7.0), (1e8, 4.5), (2e8, 9.0)]))
+    trials.append(
+        Trial(
+            name="C3e+19-N2e9",
+            N=2e9,
+            D=2.5e9,
+            C=3e19,
+            status="diverged",
+            reason=DIVERGED,
+            curve=[(1e7, 7.0), (1e8, 4.5), (2e8, 9.0)],
+        )
+    )
     return trials
 
 
@@ -60,11 +81,23 @@ def test_report_holds_the_fits_failures_recommendation_and_verification(sweep_di
     trials = read_trials(sweep_dir / "trials.json")
     verify = Trial.from_dict(json.loads((sweep_dir / "verify.json").read_text()), "verify.json")
     fits = fit_sweep(Points.from_trials(trials), bootstrap=50, seed=0)
-    files = write_report(sweep_dir, trials, fits, tmp_path / "report", target_flops=3e20, verify=verify,
-                         n_label="non-embedding parameters")
+    files = write_report(
+        sweep_dir,
+        trials,
+        fits,
+        tmp_path / "report",
+        target_flops=3e20,
+        verify=verify,
+        n_label="non-embedding parameters",
+    )
 
-    assert {p.name for p in files.plots} == {"isoflop.png", "frontier.png", "allocation.png",
-                                             "fit_vs_observed.png", "curves.png"}
+    assert {p.name for p in files.plots} == {
+        "isoflop.png",
+        "frontier.png",
+        "allocation.png",
+        "fit_vs_observed.png",
+        "curves.png",
+    }
     for plot in files.plots:
         assert_png(plot)
     md = files.markdown.read_text()
@@ -91,8 +124,13 @@ def test_report_holds_the_fits_failures_recommendation_and_verification(sweep_di
 
 
 def test_report_command_writes_the_report_directory(sweep_dir):
-    result = subprocess.run([sys.executable, "-m", "orchestrator.report", str(sweep_dir), "--bootstrap", "20"],
-                            cwd=REPO, capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        [sys.executable, "-m", "orchestrator.report", str(sweep_dir), "--bootstrap", "20"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr
     out = sweep_dir / "report"
     assert result.stdout.splitlines() == [f"report: {out / 'report.md'}", f"report: {out / 'report.html'}"]
@@ -117,13 +155,19 @@ def test_trials_and_points_files_round_trip(tmp_path):
     assert (tmp_path / "points.csv").read_text().splitlines()[0] == "N,D,C,loss,N_total"
 
 
-@pytest.mark.parametrize("record, message", [
-    ({"name": "t", "N": 1e8, "D": 2e9}, "trial 0 (t): loss is required when status is \"ok\""),
-    ({"name": "t", "N": 1e8, "D": -2e9, "loss": 3.0}, "trial 0 (t): D: must be a positive finite number"),
-    ({"name": "t", "N": "1e8", "D": 2e9, "loss": 3.0}, "trial 0 (t): N: expected a number, got '1e8'"),
-    ({"name": "t", "N": 1e8, "D": 2e9, "loss": 3.0, "tokens": 5}, "trial 0: unknown field(s) tokens"),
-    ({"name": "t", "N": 1e8, "D": 2e9, "loss": 3.0, "curve": [[1e6]]}, "trial 0 (t): curve[0]: expected [tokens, loss]"),
-])
+@pytest.mark.parametrize(
+    "record, message",
+    [
+        ({"name": "t", "N": 1e8, "D": 2e9}, 'trial 0 (t): loss is required when status is "ok"'),
+        ({"name": "t", "N": 1e8, "D": -2e9, "loss": 3.0}, "trial 0 (t): D: must be a positive finite number"),
+        ({"name": "t", "N": "1e8", "D": 2e9, "loss": 3.0}, "trial 0 (t): N: expected a number, got '1e8'"),
+        ({"name": "t", "N": 1e8, "D": 2e9, "loss": 3.0, "tokens": 5}, "trial 0: unknown field(s) tokens"),
+        (
+            {"name": "t", "N": 1e8, "D": 2e9, "loss": 3.0, "curve": [[1e6]]},
+            "trial 0 (t): curve[0]: expected [tokens, loss]",
+        ),
+    ],
+)
 def test_bad_trial_records_are_named(tmp_path, record, message):
     (tmp_path / "trials.json").write_text(json.dumps([record]))
     with pytest.raises(UserInputError) as caught:
@@ -132,12 +176,18 @@ def test_bad_trial_records_are_named(tmp_path, record, message):
 
 
 def test_report_command_refuses_in_one_line(tmp_path):
-    result = subprocess.run([sys.executable, "-m", "orchestrator.report", str(tmp_path)],
-                            cwd=REPO, capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [sys.executable, "-m", "orchestrator.report", str(tmp_path)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 2
     assert result.stderr == f"error: {tmp_path / 'trials.json'}: no such file\n"
     (tmp_path / "trials.json").write_text(json.dumps([t.to_dict() for t in synthetic_trials()[:16]]))
     with pytest.raises(UserInputError) as caught:  # the second budget's first two sizes only
         report_main([str(tmp_path)])
-    assert str(caught.value) == (f"{tmp_path / 'trials.json'}: budget C=3e+18 has 2 distinct sizes; "
-                                 "an IsoFLOP parabola needs at least 3")
+    assert str(caught.value) == (
+        f"{tmp_path / 'trials.json'}: budget C=3e+18 has 2 distinct sizes; an IsoFLOP parabola needs at least 3"
+    )

@@ -1,4 +1,5 @@
 """Every shipped sweep recipe parses with its base pretrain recipe."""
+
 from __future__ import annotations
 
 import pytest

@@ -1,4 +1,5 @@
 """A trial's record: diverged on a non-finite loss or a loss ending above its start."""
+
 from __future__ import annotations
 
 import json
@@ -24,14 +25,25 @@ def test_a_trial_diverges_on_a_non_finite_loss_or_ending_above_its_start(tmp_pat
     assert assess(nan, {"eval/loss": math.nan}) == (DIVERGED, "training loss nan at step 2")
     up = write_metrics(tmp_path / "up", {1: 6.2, 2: 7.5, 3: 9.0}, {3: 8.8})
     status, reason = assess(up, {"eval/loss": 8.8})
-    assert status == DIVERGED and reason.startswith("final validation loss 8.8000 ends above the training loss it started from (6.2000 at step 1)")
+    assert status == DIVERGED and reason.startswith(
+        "final validation loss 8.8000 ends above the training loss it started from (6.2000 at step 1)"
+    )
     # A branch starts late in its origin's curve: it is judged against the origin's start.
     origin = write_metrics(tmp_path / "origin", {1: 6.2, 2: 5.0}, {})
     branch = write_metrics(tmp_path / "branch", {3: 3.5, 4: 3.9}, {4: 4.0})
-    assert assess(branch, {"eval/loss": 4.0}) [0] == DIVERGED
+    assert assess(branch, {"eval/loss": 4.0})[0] == DIVERGED
     assert assess(branch, {"eval/loss": 4.0}, origin) == (OK, "")
 
-    record = {"name": "up", "N": 1e4, "N_total": 2e4, "D": 1e6, "C": 1e11, "loss": 8.8, "status": status, "reason": reason}
+    record = {
+        "name": "up",
+        "N": 1e4,
+        "N_total": 2e4,
+        "D": 1e6,
+        "C": 1e11,
+        "loss": 8.8,
+        "status": status,
+        "reason": reason,
+    }
     trial = as_trial(record)
     assert not trial.ok and trial.reason == reason
     assert len(Points.from_trials([trial, as_trial({**record, "name": "fine", "status": OK, "loss": 4.0})])) == 1

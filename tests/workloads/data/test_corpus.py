@@ -1,4 +1,5 @@
 """Reading a corpus: the embedded corpus, documents cut whole, the split by content, invalid UTF-8."""
+
 from __future__ import annotations
 
 import random
@@ -22,7 +23,9 @@ def test_embedded_corpus_is_the_stdlib_without_tests():
     names = [str(s.path) for s in sources]
     assert len(sources) > 300 and names == sorted(names)
     assert any(name.endswith("/json/decoder.py") for name in names)
-    assert not any(part in ("test", "tests", "idle_test", "site-packages") for s in sources for part in s.path.parts[-4:-1])
+    assert not any(
+        part in ("test", "tests", "idle_test", "site-packages") for s in sources for part in s.path.parts[-4:-1]
+    )
 
 
 def test_cut_document_keeps_every_character():

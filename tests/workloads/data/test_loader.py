@@ -1,4 +1,5 @@
 """Reading shards back (memory-mapped, checked)."""
+
 from __future__ import annotations
 
 import pickle
@@ -52,13 +53,16 @@ def test_get_returns_what_was_written(dataset_dir):
     np.testing.assert_array_equal(val_tokens.numpy(), samples["val"][0])
 
 
-@pytest.mark.parametrize("indices", [
-    [5, 3, 9, 3],  # one shard
-    [15, 16],  # two shards, ascending
-    [33, 2, 49, 17, 48, 0, 32, 31],  # every shard, shuffled
-    [49, 48, 47, 16, 15, 14, 1, 0],  # descending
-    [7] * 5,  # one sample again and again
-])
+@pytest.mark.parametrize(
+    "indices",
+    [
+        [5, 3, 9, 3],  # one shard
+        [15, 16],  # two shards, ascending
+        [33, 2, 49, 17, 48, 0, 32, 31],  # every shard, shuffled
+        [49, 48, 47, 16, 15, 14, 1, 0],  # descending
+        [7] * 5,  # one sample again and again
+    ],
+)
 def test_rows_come_back_in_the_order_asked(dataset_dir, indices):
     directory, samples = dataset_dir
     tokens, segments = PackedDataset(directory, "train").get(np.array(indices))

@@ -1,4 +1,5 @@
 """The global sample order: every sample once per epoch, independent of the worker count."""
+
 from __future__ import annotations
 
 import numpy as np

@@ -1,4 +1,5 @@
 """Packing documents into samples."""
+
 from __future__ import annotations
 
 import numpy as np

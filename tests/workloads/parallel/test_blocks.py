@@ -1,4 +1,5 @@
 """Per-block transforms of the plain model: activation checkpointing and compiled blocks give the eager numbers."""
+
 from __future__ import annotations
 
 import pytest

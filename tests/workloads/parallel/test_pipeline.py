@@ -1,4 +1,5 @@
 """The pipeline engine's pieces: GPT cut into DeepSpeed pipeline layers, against the plain model and engine."""
+
 from __future__ import annotations
 
 import socket
@@ -59,8 +60,14 @@ def one_rank_group():
     import torch.distributed as dist
 
     with pytest.MonkeyPatch.context() as env:
-        for name, value in {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(unused_port()), "RANK": "0",
-                            "WORLD_SIZE": "1", "LOCAL_RANK": "0", "LOCAL_SIZE": "1"}.items():
+        for name, value in {
+            "MASTER_ADDR": "127.0.0.1",
+            "MASTER_PORT": str(unused_port()),
+            "RANK": "0",
+            "WORLD_SIZE": "1",
+            "LOCAL_RANK": "0",
+            "LOCAL_SIZE": "1",
+        }.items():
             env.setenv(name, value)
         deepspeed.init_distributed(dist_backend="gloo", auto_mpi_discovery=False, verbose=False)
         yield
@@ -124,8 +131,9 @@ class PackedSamples:
         self.vocab_size = cfg.vocab_size
 
     def get(self, indices: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-        tokens = torch.stack([torch.randint(0, self.vocab_size, (13,), generator=torch.Generator().manual_seed(int(i)))
-                              for i in indices])  # (B, T + 1)
+        tokens = torch.stack(
+            [torch.randint(0, self.vocab_size, (13,), generator=torch.Generator().manual_seed(int(i))) for i in indices]
+        )  # (B, T + 1)
         segments = (torch.arange(13) >= 6).long().expand(len(indices), 13)
         return tokens, segments
 

@@ -1,4 +1,5 @@
 """The RL arithmetic against direct formulas: GAE, group advantages, the k3 estimator, the KL controller, whitening."""
+
 from __future__ import annotations
 
 import pytest

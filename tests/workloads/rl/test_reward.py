@@ -1,4 +1,5 @@
 """The reward scorer's trial call: what it answers the driver before any rollout."""
+
 from __future__ import annotations
 
 import sys
@@ -11,12 +12,13 @@ from workloads.rl.reward import RewardScorer
 pytestmark = pytest.mark.slow
 
 
-
-
 @pytest.mark.parametrize(
     "function, problem",
-    [("one_short", "returned 1 values for 2 responses"), ("nan_always", "returned a non-finite value (nan) for response 0"),
-     ("raises", "raised ZeroDivisionError: division by zero")],
+    [
+        ("one_short", "returned 1 values for 2 responses"),
+        ("nan_always", "returned a non-finite value (nan) for response 0"),
+        ("raises", "raised ZeroDivisionError: division by zero"),
+    ],
 )
 def test_a_reward_function_that_fails_its_trial_call_is_refused(tmp_path, monkeypatch, function, problem):
     """What the reward actor answers the driver before any rollout (the driver raises it as one line)."""

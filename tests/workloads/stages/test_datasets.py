@@ -1,4 +1,5 @@
 """The fine-tuning stages' packed rows: response-only targets, examples kept apart, preference targets."""
+
 from __future__ import annotations
 
 import numpy as np
