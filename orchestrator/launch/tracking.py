@@ -30,6 +30,9 @@ from workloads.metrics_log import METRICS_FILE
 # An unreachable server must fail a call at once: this module retries on its own schedule.
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
+# MLflow's INFO lines (its database migrations, "Updating database tables") come from the client built in a
+# background thread (client_in_background) and could land after a command's one-line error.
+os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
 
 MAX_PARAM_LENGTH = 6000  # MLflow's limit for one param value
 METRICS_PER_BATCH = 1000  # MLflow's limit for one log_batch call

@@ -169,9 +169,8 @@ def test_same_dataset_with_two_cpus_and_on_two_nodes(reference, corpus, tmp_path
 
 
 KILLABLE_PREPARE = textwrap.dedent("""
-    import sys, ray
-    sys.path.insert(0, {tests!r})
-    from test_prepare_scale import configs
+    import ray
+    from tests.orchestrator.data.test_pretraining_scale import configs
     from orchestrator.data.pretraining import prepare_dataset
     from pathlib import Path
     ray.init(address="local", num_cpus=1, include_dashboard=False)
@@ -182,9 +181,7 @@ KILLABLE_PREPARE = textwrap.dedent("""
 def test_killed_prepare_resumes_with_the_finished_groups(reference, corpus, tmp_path, capsys):
     reference_dir, _ = reference
     root = tmp_path / "datasets"
-    script = KILLABLE_PREPARE.format(
-        tests=str(REPO / "tests"), corpus=str(corpus), root=str(root), group_bytes=GROUP_BYTES
-    )
+    script = KILLABLE_PREPARE.format(corpus=str(corpus), root=str(root), group_bytes=GROUP_BYTES)
     log = tmp_path / "killed-prepare.log"
     with open(log, "w") as out:
         process = subprocess.Popen(
