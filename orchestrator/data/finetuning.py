@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,6 +19,7 @@ from orchestrator.data.records import Record, read_preferences, read_sft
 from workloads.errors import UserInputError
 from workloads.schema import option
 from workloads.stages.datasets import MANIFEST_FILE, Example, pack_sft, pad_preferences, read_manifest, write_dataset
+from workloads.storage.publish import publish_once
 from workloads.task import write_task
 from workloads.tokenizer import Tokenizer
 
@@ -64,13 +63,7 @@ class StageDataConfig:
 def builtin_files(root: Path) -> dict[str, Path]:
     """The built-in task's JSONL files under `root` (written once)."""
     directory = root / "builtin-task"
-    if not (directory / "heldout.jsonl").exists():
-        staging = Path(tempfile.mkdtemp(prefix=".builtin-task-", dir=root))
-        write_task(staging)
-        try:
-            staging.rename(directory)
-        except OSError:  # written meanwhile by another run
-            shutil.rmtree(staging, ignore_errors=True)
+    publish_once(directory, write_task, complete=lambda d: (d / "heldout.jsonl").exists())
     return {name: directory / f"{name}.jsonl" for name in ("sft", "preferences", "heldout")}
 
 
@@ -134,12 +127,7 @@ def prepare_stage_dataset(stage: str, data: StageDataConfig, tokenizer: Tokenize
         "responses_truncated": truncated,
         "tokenizer": {"file": "tokenizer.model", "sha256": tokenizer.sha256, "vocab_size": tokenizer.vocab_size},
     }
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=root))
-    try:
-        write_dataset(staging, kind, splits, manifest, tokenizer.model_bytes)
-        staging.rename(target)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+    publish_once(target, lambda staging: write_dataset(staging, kind, splits, manifest, tokenizer.model_bytes))
     unit = "examples" if kind == "sft" else "pairs"
     note = f", {truncated} responses cut to fit {seq_len} tokens" if truncated else ""
     print(f"{stage}: prepared {len(train)} train / {len(val)} validation {unit}{note} -> {target}")

@@ -4,7 +4,7 @@ The output directory is `<dataset_root>/<short name>-<hash>`, the hash
 covering everything that shapes its content (source file digests, the
 config fields that matter, a given tokenizer's digest, the group size, the
 format version). A finished directory is never rebuilt, and a directory only
-appears under its final name once complete.
+appears under its final name once complete (`workloads.storage.publish`).
 
 The driver only lists and stats files. The corpus is cut into groups fixed by
 the input (workloads.data.groups); Ray Data tasks across the cluster read each
@@ -19,16 +19,14 @@ Its command is `python -m orchestrator.prepare`.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import fcntl
 import hashlib
 import json
 import os
 import re
 import shutil
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -40,6 +38,7 @@ from workloads.data.corpus import SourceDigest, SourceFile, check_document_count
 from workloads.data.groups import Group, auto_group_bytes, plan_groups
 from workloads.data.shards import FORMAT_VERSION, MANIFEST_FILE, SPLITS, TOKENIZER_FILE, write_manifest
 from workloads.errors import UserInputError
+from workloads.storage.publish import Published, publish_once
 from workloads.tokenizer import Tokenizer, TokenizerConfig, train_tokenizer
 
 if TYPE_CHECKING:  # the annotation only: Ray is imported when a dataset is built
@@ -76,30 +75,15 @@ def prepare_dataset(
         group_bytes = auto_group_bytes(sum(d.bytes for d in train_digests + val_digests))
     key = dataset_hash(data, tokenizer, train_digests, val_digests, given_model, group_bytes)
     final_dir = dataset_root / f"{short_name(data.corpus)}-{key}"
-    if (final_dir / MANIFEST_FILE).is_file():
-        print(f"dataset already prepared: {final_dir} (nothing to do)", flush=True)
-        return final_dir
-    if final_dir.exists():
-        raise UserInputError(f"{final_dir} exists but has no {MANIFEST_FILE}; remove it and run again")
+    built: dict[str, Any] = {}
 
-    with _exclusive(dataset_root / f".tmp-{key}.lock"):
-        if (final_dir / MANIFEST_FILE).is_file():  # another process built it while this one waited
-            print(f"dataset prepared by another process: {final_dir}", flush=True)
-            return final_dir
-        build_dir = dataset_root / f".tmp-{key}"
-        build_dir.mkdir(exist_ok=True)
+    def build(build_dir: Path) -> None:
         _remove_partial_files(build_dir)
-        try:
-            groups = plan_groups(
-                train_sources, [d.bytes for d in train_digests], group_bytes, "train", 0, "data.corpus"
-            )
-            groups += plan_groups(
-                val_sources, [d.bytes for d in val_digests], group_bytes, "val", len(groups), "data.val_corpus"
-            )
-            manifest = _build(data, tokenizer, given_model, groups, train_sources, val_sources, build_dir)
-        except UserInputError:
-            shutil.rmtree(build_dir, ignore_errors=True)  # the same input would fail the same way
-            raise
+        groups = plan_groups(train_sources, [d.bytes for d in train_digests], group_bytes, "train", 0, "data.corpus")
+        groups += plan_groups(
+            val_sources, [d.bytes for d in val_digests], group_bytes, "val", len(groups), "data.val_corpus"
+        )
+        manifest = _build(data, tokenizer, given_model, groups, train_sources, val_sources, build_dir)
         manifest.update(
             dataset_hash=key,
             group_bytes=group_bytes,
@@ -108,7 +92,25 @@ def prepare_dataset(
         )
         shutil.rmtree(build_dir / GROUPS_DIR, ignore_errors=True)
         write_manifest(build_dir, manifest)  # last: its presence marks the directory complete
-        os.rename(build_dir, final_dir)
+        built["manifest"] = manifest
+
+    def waiting() -> None:
+        print(f"prepare: waiting for another prepare of the same dataset ({final_dir.name})", flush=True)
+
+    outcome = publish_once(
+        final_dir,
+        build,
+        complete=lambda d: (d / MANIFEST_FILE).is_file(),
+        resume_in=dataset_root / f".tmp-{key}",
+        on_wait=waiting,
+    )
+    if outcome is Published.FOUND:
+        print(f"dataset already prepared: {final_dir} (nothing to do)", flush=True)
+        return final_dir
+    if outcome is Published.BUILT_ELSEWHERE:
+        print(f"dataset prepared by another process: {final_dir}", flush=True)
+        return final_dir
+    manifest = built["manifest"]
     train, val = manifest["splits"]["train"], manifest["splits"]["val"]
     print(
         f"prepare: wrote {_plural(len(train['shards']), 'train shard')}, "
@@ -154,22 +156,6 @@ def short_name(corpus: str) -> str:
     name = path.stem if path.suffix in (".txt", ".jsonl", ".parquet") else path.name
     name = re.sub(r"[^A-Za-z0-9._-]+", "-", name).strip("-.")
     return name[:40] or "corpus"
-
-
-@contextlib.contextmanager
-def _exclusive(lock_path: Path) -> Iterator[None]:
-    """One prepare of a dataset at a time on this machine; a second one waits, then finds it done."""
-    lock_path.parent.mkdir(parents=True, exist_ok=True)
-    with open(lock_path, "a") as lock:
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            print(f"prepare: waiting for another prepare of the same dataset ({lock_path.name})", flush=True)
-            fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            lock_path.unlink(missing_ok=True)
 
 
 def _remove_partial_files(build_dir: Path) -> None:

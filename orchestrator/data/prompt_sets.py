@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,6 +18,7 @@ from orchestrator.data.records import chat_record, read_jsonl
 from workloads.errors import UserInputError
 from workloads.rl.prompts import PromptSet, read_prompt_manifest, write_prompt_set
 from workloads.schema import option
+from workloads.storage.publish import publish_once
 from workloads.tokenizer import Tokenizer
 
 
@@ -87,12 +86,7 @@ def prepare_prompts(cfg, tokenizer: Tokenizer) -> tuple[Path, dict[str, Any]]:
             "sources": [{"path": str(p), "sha256": d} for p, d in zip(sources, digests)],
             "tokenizer": {"file": "tokenizer.model", "sha256": tokenizer.sha256, "vocab_size": tokenizer.vocab_size},
         }
-        staging = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=root))
-        try:
-            write_prompt_set(staging, texts, ids, manifest, tokenizer.model_bytes)
-            staging.rename(target)
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
+        publish_once(target, lambda staging: write_prompt_set(staging, texts, ids, manifest, tokenizer.model_bytes))
         print(f"{cfg.algorithm}: prepared {len(texts)} prompts -> {target}")
     manifest = read_prompt_manifest(target)
     if manifest["tokenizer"]["sha256"] != tokenizer.sha256:
