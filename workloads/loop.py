@@ -12,6 +12,7 @@ checkpoints (every evaluation reaches Ray Train, with or without a checkpoint).
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -19,23 +20,14 @@ import ray.train
 import torch
 import torch.distributed as dist
 
-from workloads.checkpoints.saving import (
-    EVAL_STEP_KEY,
-    TrainingState,
-    latest_state,
-    needs_resharding,
-    read_state,
-    restore,
-    restore_branch,
-    save_and_report,
-    universal_config,
-)
+from workloads.checkpoints.saving import EVAL_STEP_KEY, ResumePoint, TrainingState, save_and_report
 from workloads.data.order import rank_share, split_micro_batches, stream_indices
 from workloads.metrics_log import METRICS_FILE, MetricsLog
 from workloads.perf import device_peak_flops, mfu
 from workloads.sample_ledger import SampleLedger
 from workloads.stages import make_stage
 from workloads.stages.base import WorkerPlan
+from workloads.train_config import TrainConfig
 
 
 def format_duration(seconds: float) -> str:
@@ -43,6 +35,33 @@ def format_duration(seconds: float) -> str:
     hours, rest = divmod(seconds, 3600)
     minutes, secs = divmod(rest, 60)
     return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s"
+
+
+@dataclass(frozen=True)
+class Cadence:
+    """When a loop of steps shows progress, checkpoints and stops; the one cadence of every training loop
+    (the RL learner's steps are its iterations)."""
+
+    train: TrainConfig
+    start_step: int  # the last step already trained (0 on a fresh start)
+    extra_checkpoints: frozenset[int] = frozenset()  # run.checkpoint_steps
+
+    @property
+    def stop_step(self) -> int:
+        return min(self.train.max_steps, self.train.halt_at_step or self.train.max_steps)
+
+    def steps(self) -> range:
+        return range(self.start_step + 1, self.stop_step + 1)
+
+    def shows_progress(self, step: int) -> bool:
+        return step == self.start_step + 1 or step % self.train.log_interval == 0 or step == self.stop_step
+
+    def checkpoints(self, step: int) -> bool:
+        interval = self.train.checkpoint_interval
+        return bool(interval and step % interval == 0) or step == self.stop_step or step in self.extra_checkpoints
+
+    def eta(self, step: int, seconds_per_step: float) -> str:
+        return format_duration((self.stop_step - step) * seconds_per_step)
 
 
 def global_means(values: dict[str, float], device) -> dict[str, float]:
@@ -73,31 +92,18 @@ def train_worker(payload: dict[str, Any]) -> None:
     tokens_per_step = global_batch * stage.tokens_per_sample
     peak, peak_source = device_peak_flops(on_gpu, plan.deepspeed.uses_bf16(on_gpu), train_cfg.peak_flops_per_device)
 
-    saved = latest_state()
     # A branch starts from another run's checkpoint, once: after its own first checkpoint it resumes from that.
-    origin = Path(payload["branch_from"]) if saved is None and payload.get("branch_from") else None
-    start = saved or (read_state(origin) if origin else None)
-    reshard = start is not None and needs_resharding(start, world // pipeline_stages, pipeline_stages)
-    engine, dp_rank, dp_world = stage.build_engine(world, universal_config() if reshard else None)
-    if saved:
-        restore(engine, saved, Path(plan.run_dir) / "universal", reshard, rank)
-    elif origin:
-        restore_branch(engine, origin, start, Path(plan.run_dir) / "universal", reshard, rank)
-    start_step = start.step if start else 0
-    # Stream position of the next sample: resuming continues exactly there, whatever the layout now.
-    position = start.samples_consumed if start else 0
-    extra_checkpoints = set(payload.get("checkpoint_steps", ()))
+    resume = ResumePoint.find(world // pipeline_stages, pipeline_stages, payload.get("branch_from", ""))
+    engine, dp_rank, dp_world = stage.build_engine(world, resume.engine_overrides())
+    resume.restore(engine, plan.run_dir, rank)
+    start_step = resume.step
+    position = resume.samples_consumed
+    cadence = Cadence(train_cfg, start_step, frozenset(payload.get("checkpoint_steps", ())))
     ledger = SampleLedger(plan.run_dir, rank, dp_rank, start_step) if stage.reads_data(engine) else None
 
     log = MetricsLog(Path(plan.run_dir) / METRICS_FILE) if is_chief else None
     if is_chief:
-        where = (
-            f"resumed from step {start_step}"
-            if saved
-            else f"branched from {origin} at step {start_step}"
-            if origin
-            else "from scratch"
-        )
+        where = resume.describe()
         layout = f" = {pipeline_stages} pipeline stages x {dp_world} data-parallel" if pipeline_stages > 1 else ""
         print(
             f"{stage.name}: training {where}: {world} worker(s){layout}, global batch {global_batch} x "
@@ -117,14 +123,13 @@ def train_worker(payload: dict[str, Any]) -> None:
         state = TrainingState(step, position, global_batch, dp_world, pipeline_stages, plan.deepspeed.zero_stage)
         save_and_report(engine, state, {"step": step, **metrics}, is_chief, description)
 
-    if stage.evaluate_at_start and not start:
+    if stage.evaluate_at_start and resume.start is None:
         run_eval(0)
-    stop_step = min(train_cfg.max_steps, train_cfg.halt_at_step or train_cfg.max_steps)
     window_start, window_steps = time.perf_counter(), 0
     last_eval: dict[str, float] = {}
     last_eval_step = 0
     step = start_step
-    for step in range(start_step + 1, stop_step + 1):
+    for step in cadence.steps():
         batch = stream_indices(stage.num_train_samples, position, global_batch, plan.shuffle_seed)
         indices = rank_share(batch, dp_rank, dp_world)
         step_metrics = stage.train_step(engine, split_micro_batches(indices, train_cfg.micro_batch_size))
@@ -133,7 +138,7 @@ def train_worker(payload: dict[str, Any]) -> None:
             ledger.record(step, indices)
         metrics = step_metrics if stage.step_metrics_are_global else global_means(step_metrics, device)
         window_steps += 1
-        if step == start_step + 1 or step % train_cfg.log_interval == 0 or step == stop_step:
+        if cadence.shows_progress(step):
             elapsed = time.perf_counter() - window_start
             tokens_per_s = window_steps * tokens_per_step / elapsed
             grad_norm = engine.get_global_grad_norm()
@@ -147,10 +152,10 @@ def train_worker(payload: dict[str, Any]) -> None:
             if grad_norm is not None:
                 metrics["train/grad_norm"] = float(grad_norm)
             if is_chief:
-                eta = (stop_step - step) * elapsed / window_steps
+                eta = cadence.eta(step, elapsed / window_steps)
                 print(
                     f"step {step}/{train_cfg.max_steps} | {stage.progress(metrics)} | lr {metrics['train/lr']:.2e} | "
-                    f"{tokens_per_s:,.0f} tok/s | MFU {100 * metrics['perf/mfu']:.1f}% | ETA {format_duration(eta)}",
+                    f"{tokens_per_s:,.0f} tok/s | MFU {100 * metrics['perf/mfu']:.1f}% | ETA {eta}",
                     flush=True,
                 )
             window_start, window_steps = time.perf_counter(), 0
@@ -159,8 +164,7 @@ def train_worker(payload: dict[str, Any]) -> None:
         evaluated = step % train_cfg.eval_interval == 0 or step == train_cfg.max_steps
         if evaluated:
             last_eval, last_eval_step = run_eval(step), step
-        at_interval = train_cfg.checkpoint_interval and step % train_cfg.checkpoint_interval == 0
-        if at_interval or step == stop_step or step in extra_checkpoints:
+        if cadence.checkpoints(step):
             checkpoint(step, {"train/loss": metrics["train/loss"], **last_eval, EVAL_STEP_KEY: last_eval_step})
             window_start, window_steps = time.perf_counter(), 0  # do not bill checkpoint time to training throughput
         elif evaluated:

@@ -103,6 +103,51 @@ def needs_resharding(saved: TrainingState, data_parallel: int, pipeline_stages: 
     return True
 
 
+@dataclass
+class ResumePoint:
+    """Where a worker's training continues: this run's latest checkpoint, else (a branch, before its own first
+    checkpoint) its origin's, else the start. Every training loop finds it the same way."""
+
+    saved: TrainingState | None  # this run's latest registered checkpoint
+    origin: Path | None  # a branch's origin checkpoint, while the branch has none of its own
+    start: TrainingState | None  # what training continues from: `saved` or the origin's state
+    reshard: bool  # the saved shards are of another worker layout: convert to universal, load resharded
+
+    @classmethod
+    def find(cls, data_parallel: int, pipeline_stages: int, branch_from: str = "") -> ResumePoint:
+        saved = latest_state()
+        origin = Path(branch_from) if saved is None and branch_from else None
+        start = saved or (read_state(origin) if origin else None)
+        reshard = start is not None and needs_resharding(start, data_parallel, pipeline_stages)
+        return cls(saved, origin, start, reshard)
+
+    @property
+    def step(self) -> int:
+        return self.start.step if self.start else 0
+
+    @property
+    def samples_consumed(self) -> int:
+        """Stream position of the next sample: resuming continues exactly there, whatever the layout now."""
+        return self.start.samples_consumed if self.start else 0
+
+    def engine_overrides(self) -> dict[str, Any] | None:
+        """DeepSpeed config entries the engine must be built with to load this point."""
+        return universal_config() if self.reshard else None
+
+    def restore(self, engine, run_dir: Path, rank: int) -> None:
+        """Load the point into `engine` (built with `engine_overrides()`); nothing on a fresh start."""
+        universal_root = Path(run_dir) / "universal"
+        if self.saved:
+            restore(engine, self.saved, universal_root, self.reshard, rank)
+        elif self.origin:
+            restore_branch(engine, self.origin, self.start, universal_root, self.reshard, rank)
+
+    def describe(self) -> str:
+        if self.saved:
+            return f"resumed from step {self.step}"
+        return f"branched from {self.origin} at step {self.step}" if self.origin else "from scratch"
+
+
 def restore(engine, saved: TrainingState, universal_root: Path, reshard: bool, rank: int) -> None:
     """Load the latest checkpoint into `engine` (built with load_universal when `reshard`)."""
     checkpoint = ray.train.get_checkpoint()

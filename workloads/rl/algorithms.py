@@ -6,11 +6,17 @@ into the per-token reward (-coef x k1) and learns a critic for GAE; its loss is 
 GRPO (Shao et al. 2024) has no critic: a response's advantage is its score normalised within its
 prompt's group, and the KL is a loss term (coef x k3); its loss is a mean over responses of
 each response's token mean, as in DeepSeekMath's objective.
+
+Two registries, as veRL's `core_algos.py` keeps them: algorithms by name (`register_algorithm`;
+the name is the stage's and its config section's) and advantage estimators (`register_advantage`),
+which an algorithm names instead of computing its advantages inline. A new algorithm is a class
+here and a stage driver in `orchestrator/stages/`; a new estimator one registered function.
 """
 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 
 import torch
 
@@ -30,15 +36,95 @@ from workloads.rl.objectives import (
     whiten,
 )
 
+ALGORITHMS: dict[str, type] = {}
+# name -> fn(algorithm, scored, scores, rows, mask, kl_coef) -> {"advantages": (rows, T), ...}
+ADVANTAGE_ESTIMATORS: dict[str, Callable[..., dict[str, torch.Tensor]]] = {}
 
-class PPO:
-    name = "ppo"
-    group_size = 1
 
-    def __init__(self, cfg: PPOConfig, clip_ratio: float, reward_model: str):
-        self.cfg = cfg
-        self.clip_ratio = clip_ratio
-        self.reward_model = reward_model
+def register_algorithm(name: str):
+    def register(cls: type) -> type:
+        cls.name = name
+        ALGORITHMS[name] = cls
+        return cls
+
+    return register
+
+
+def register_advantage(name: str):
+    def register(fn: Callable[..., dict[str, torch.Tensor]]) -> Callable[..., dict[str, torch.Tensor]]:
+        ADVANTAGE_ESTIMATORS[name] = fn
+        return fn
+
+    return register
+
+
+@register_advantage("gae")
+def gae_advantages(
+    algorithm,
+    scored: dict[str, torch.Tensor],
+    scores: torch.Tensor,
+    rows: list[int],
+    mask: torch.Tensor,
+    kl_coef: float,
+) -> dict[str, torch.Tensor]:
+    """Per-token advantages (whitened over the whole batch) and returns of this rank's rows: the score at the
+    last token, the KL penalty on every token, GAE over the critic's values."""
+    rewards = ppo_token_rewards(scores[rows].to(mask.device), scored["old_logp"], scored["ref_logp"], mask, kl_coef)
+    advantages, returns = gae(rewards, scored["values"], mask, algorithm.cfg.gamma, algorithm.cfg.lam)
+    return {"advantages": whiten(advantages, mask), "returns": returns}
+
+
+@register_advantage("group")
+def group_normalised_advantages(
+    algorithm,
+    scored: dict[str, torch.Tensor],
+    scores: torch.Tensor,
+    rows: list[int],
+    mask: torch.Tensor,
+    kl_coef: float,
+) -> dict[str, torch.Tensor]:
+    """Each response's group-normalised score on each of its tokens (groups span ranks: all scores are used)."""
+    per_response = group_advantages(scores, algorithm.group_size)[rows].to(mask.device)  # (rows,)
+    return {"advantages": per_response[:, None] * mask}
+
+
+class Algorithm:
+    """What the learner asks of an algorithm: its critic, its advantages (by a registered estimator), its loss."""
+
+    name = ""
+    group_size = 1  # responses per prompt
+    advantage_estimator = ""  # a key of ADVANTAGE_ESTIMATORS
+
+    def build_critic(self, policy_config: ModelConfig, seed: int) -> ValueModel | None:
+        """The critic trained beside the policy; None: the algorithm has none."""
+        return None
+
+    def advantages(
+        self, scored: dict[str, torch.Tensor], scores: torch.Tensor, rows: list[int], mask: torch.Tensor, kl_coef: float
+    ) -> dict[str, torch.Tensor]:
+        """This rank's `rows` of the batch: advantages (and, with a critic, returns) per token."""
+        return ADVANTAGE_ESTIMATORS[self.advantage_estimator](self, scored, scores, rows, mask, kl_coef)
+
+    def loss(
+        self,
+        logp: torch.Tensor,
+        values: torch.Tensor | None,
+        batch: dict[str, torch.Tensor],
+        mask: torch.Tensor,
+        kl_coef: float,
+    ) -> tuple[torch.Tensor, dict[str, float]]:
+        """A micro-batch's loss and its statistics."""
+        raise NotImplementedError
+
+
+@register_algorithm("ppo")
+class PPO(Algorithm):
+    advantage_estimator = "gae"
+
+    def __init__(self, options: dict):
+        self.cfg = PPOConfig(**options["ppo"])
+        self.clip_ratio = options["rl"]["clip_ratio"]
+        self.reward_model = options["reward"]["model"]
 
     def build_critic(self, policy_config: ModelConfig, seed: int) -> ValueModel:
         """A value head on the starting policy's backbone, or the reward model's backbone and head."""
@@ -50,14 +136,6 @@ class PPO:
         backbone = initial_model(policy_config, seed)
         torch.manual_seed(seed)  # the head's init: the same on every rank
         return ValueModel(backbone)
-
-    def advantages(
-        self, scored: dict[str, torch.Tensor], scores: torch.Tensor, rows: list[int], mask: torch.Tensor, kl_coef: float
-    ) -> dict[str, torch.Tensor]:
-        """Per-token advantages (whitened over the whole batch) and returns of this rank's rows."""
-        rewards = ppo_token_rewards(scores[rows].to(mask.device), scored["old_logp"], scored["ref_logp"], mask, kl_coef)
-        advantages, returns = gae(rewards, scored["values"], mask, self.cfg.gamma, self.cfg.lam)
-        return {"advantages": whiten(advantages, mask), "returns": returns}
 
     def loss(
         self,
@@ -80,22 +158,13 @@ class PPO:
         return policy_loss + self.cfg.value_coef * value_loss, stats
 
 
-class GRPO:
-    name = "grpo"
+@register_algorithm("grpo")
+class GRPO(Algorithm):
+    advantage_estimator = "group"
 
-    def __init__(self, cfg: GRPOConfig, clip_ratio: float):
-        self.group_size = cfg.group_size
-        self.clip_ratio = clip_ratio
-
-    def build_critic(self, policy_config: ModelConfig, seed: int) -> None:
-        return None
-
-    def advantages(
-        self, scored: dict[str, torch.Tensor], scores: torch.Tensor, rows: list[int], mask: torch.Tensor, kl_coef: float
-    ) -> dict[str, torch.Tensor]:
-        """Each response's group-normalised score on each of its tokens (groups span ranks: all scores are used)."""
-        per_response = group_advantages(scores, self.group_size)[rows].to(mask.device)  # (rows,)
-        return {"advantages": per_response[:, None] * mask}
+    def __init__(self, options: dict):
+        self.group_size = GRPOConfig(**options["grpo"]).group_size
+        self.clip_ratio = options["rl"]["clip_ratio"]
 
     def loss(
         self,
@@ -117,8 +186,6 @@ class GRPO:
         return loss, stats
 
 
-def make_algorithm(name: str, options: dict) -> PPO | GRPO:
-    clip_ratio = options["rl"]["clip_ratio"]
-    if name == "ppo":
-        return PPO(PPOConfig(**options["ppo"]), clip_ratio, options["reward"]["model"])
-    return GRPO(GRPOConfig(**options["grpo"]), clip_ratio)
+def make_algorithm(name: str, options: dict) -> Algorithm:
+    """The registered algorithm `name`, built from the learner's options (its section and rl, reward)."""
+    return ALGORITHMS[name](options)

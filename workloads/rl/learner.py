@@ -32,17 +32,10 @@ import torch.distributed as dist
 
 from workloads.checkpoints.initialization import initial_model
 from workloads.checkpoints.loading import describe_checkpoint
-from workloads.checkpoints.saving import (
-    TrainingState,
-    latest_state,
-    needs_resharding,
-    restore,
-    save_and_report,
-    universal_config,
-)
+from workloads.checkpoints.saving import ResumePoint, TrainingState, save_and_report
 from workloads.data.order import stream_indices
 from workloads.generation import Sampling
-from workloads.loop import format_duration, global_means
+from workloads.loop import Cadence, global_means
 from workloads.metrics_log import METRICS_FILE, MetricsLog
 from workloads.parallel.blocks import checkpoint_blocks
 from workloads.parallel.engine import build_engine
@@ -87,7 +80,7 @@ class Learner:
         torch.set_num_threads(plan.threads_per_worker)
         self.plan = plan
         self.is_chief = self.rank == 0
-        self.extra_checkpoints = set(checkpoint_steps)
+        self.extra_checkpoints = frozenset(checkpoint_steps)
         options = plan.options
         self.rl = RolloutConfig(**options["rl"])
         self.reward = RewardConfig(**options["reward"])
@@ -126,17 +119,17 @@ class Learner:
             warmup_steps=plan.train.warmup_steps * steps_per_iteration,
         )
 
-        saved = latest_state()
-        reshard = saved is not None and needs_resharding(saved, self.world, 1)
+        resume = ResumePoint.find(self.world, 1)
         self.engine = build_engine(
-            module, plan.deepspeed, engine_train, self.world, self.on_gpu, universal_config() if reshard else None
+            module, plan.deepspeed, engine_train, self.world, self.on_gpu, resume.engine_overrides()
         )
+        resume.restore(self.engine, plan.run_dir, self.rank)
         self.state = LoopState(kl_coef=self.kl.coef)
-        if saved:
-            restore(self.engine, saved, Path(plan.run_dir) / "universal", reshard, self.rank)
+        if resume.saved:
             with ray.train.get_checkpoint().as_directory() as directory:
                 self.state = LoopState(**json.loads((Path(directory) / STATE_FILE).read_text()))
-        self.start = saved.step if saved else 0
+        self.start = resume.step
+        self.cadence = Cadence(plan.train, self.start, self.extra_checkpoints)
         self.replaced_before = self.state.replacements  # actors replaced by earlier submissions of the run
         self.kl_control = KLController(self.state.kl_coef, self.kl.adaptive, self.kl.target, self.kl.horizon)
 
@@ -149,7 +142,6 @@ class Learner:
     def run(self) -> None:
         self.build()
         plan = self.plan
-        stop_step = min(plan.train.max_steps, plan.train.halt_at_step or plan.train.max_steps)
         log = MetricsLog(Path(plan.run_dir) / METRICS_FILE) if self.is_chief else None
         if self.is_chief:
             where = f"resumed after iteration {self.start}" if self.start else "from the starting policy"
@@ -160,23 +152,19 @@ class Learner:
                 flush=True,
             )
         began = time.perf_counter()
-        for iteration in range(self.start + 1, stop_step + 1):
+        for iteration in self.cadence.steps():
             metrics = self.iteration(iteration)
             if metrics is None:  # bad rewards stopped the run: the last checkpoint stays the latest
                 break
-            shown = iteration == self.start + 1 or iteration % plan.train.log_interval == 0 or iteration == stop_step
             if self.is_chief:
                 log.log(iteration, metrics)  # every iteration; the progress line every train.log_interval
-            if self.is_chief and shown:
-                done = iteration - self.start
-                eta = (stop_step - iteration) * (time.perf_counter() - began) / done
+            if self.is_chief and self.cadence.shows_progress(iteration):
+                eta = self.cadence.eta(iteration, (time.perf_counter() - began) / (iteration - self.start))
                 print(
-                    f"{plan.stage}: iteration {iteration}/{plan.train.max_steps} | {progress(metrics)} | "
-                    f"ETA {format_duration(eta)}",
+                    f"{plan.stage}: iteration {iteration}/{plan.train.max_steps} | {progress(metrics)} | ETA {eta}",
                     flush=True,
                 )
-            at_interval = plan.train.checkpoint_interval and iteration % plan.train.checkpoint_interval == 0
-            if at_interval or iteration == stop_step or iteration in self.extra_checkpoints:
+            if self.cadence.checkpoints(iteration):
                 self.checkpoint(iteration, metrics)
         if self.is_chief:
             log.close()
