@@ -1,6 +1,6 @@
 """`python -m orchestrator.dpo`: direct preference optimisation of a policy against a frozen reference.
 
-The driver is `orchestrator.stages.finetuning`; the training is `workloads.stages.dpo`.
+The driver is `orchestrator.stages.dpo` (on `orchestrator.stages.finetuning`); the training is `workloads.stages.dpo`.
 """
 
 from __future__ import annotations
@@ -8,11 +8,11 @@ from __future__ import annotations
 import sys
 
 from orchestrator.config.parser import run_cli
-from orchestrator.stages.finetuning import parse_stage_cli, run_stage
+from orchestrator.stages.dpo import DPO
 
 
 def main(argv: list[str] | None = None) -> None:
-    run_stage("dpo", parse_stage_cli("dpo", argv))
+    DPO.main(argv)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """`python -m orchestrator.ppo`: PPO from an SFT checkpoint with a reward model or function.
 
-The driver is `orchestrator.stages.rl`; the learner is `workloads.rl.learner`.
+The driver is `orchestrator.stages.ppo` (on `orchestrator.stages.rl`); the learner is `workloads.rl.learner`.
 """
 
 from __future__ import annotations
@@ -8,11 +8,11 @@ from __future__ import annotations
 import sys
 
 from orchestrator.config.parser import run_cli
-from orchestrator.stages.rl import parse_rl_cli, run_rl
+from orchestrator.stages.ppo import PPO
 
 
 def main(argv: list[str] | None = None) -> None:
-    run_rl(parse_rl_cli("ppo", argv))
+    PPO.main(argv)
 
 
 if __name__ == "__main__":

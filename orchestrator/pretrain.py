@@ -12,11 +12,11 @@ from __future__ import annotations
 import sys
 
 from orchestrator.config.parser import run_cli
-from orchestrator.stages.pretrain import parse_cli, pretrain
+from orchestrator.stages.pretrain import PRETRAIN
 
 
 def main(argv: list[str] | None = None) -> None:
-    pretrain(parse_cli(argv))
+    PRETRAIN.main(argv)
 
 
 if __name__ == "__main__":

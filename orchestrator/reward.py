@@ -1,6 +1,7 @@
 """`python -m orchestrator.reward`: a reward model (backbone + scalar head) trained on ranked responses.
 
-The driver is `orchestrator.stages.finetuning`; the training is `workloads.stages.reward`.
+The driver is `orchestrator.stages.reward` (on `orchestrator.stages.finetuning`); the training is
+`workloads.stages.reward`.
 """
 
 from __future__ import annotations
@@ -8,11 +9,11 @@ from __future__ import annotations
 import sys
 
 from orchestrator.config.parser import run_cli
-from orchestrator.stages.finetuning import parse_stage_cli, run_stage
+from orchestrator.stages.reward import REWARD
 
 
 def main(argv: list[str] | None = None) -> None:
-    run_stage("reward", parse_stage_cli("reward", argv))
+    REWARD.main(argv)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """`python -m orchestrator.sft`: supervised fine-tuning from a pretrain checkpoint (loss on response tokens only).
 
-The driver is `orchestrator.stages.finetuning`; the training is `workloads.stages.sft`.
+The driver is `orchestrator.stages.sft` (on `orchestrator.stages.finetuning`); the training is `workloads.stages.sft`.
 """
 
 from __future__ import annotations
@@ -8,11 +8,11 @@ from __future__ import annotations
 import sys
 
 from orchestrator.config.parser import run_cli
-from orchestrator.stages.finetuning import parse_stage_cli, run_stage
+from orchestrator.stages.sft import SFT
 
 
 def main(argv: list[str] | None = None) -> None:
-    run_stage("sft", parse_stage_cli("sft", argv))
+    SFT.main(argv)
 
 
 if __name__ == "__main__":

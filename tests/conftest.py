@@ -57,10 +57,10 @@ def small_corpus(tmp_path_factory) -> Path:
 def tiny_dataset(small_corpus, tmp_path_factory) -> Path:
     """The small corpus prepared once with the tiny recipe's data and tokenizer sections."""
     from orchestrator.data.pretraining import prepare_dataset
-    from orchestrator.stages.pretrain import parse_cli
+    from orchestrator.stages.pretrain import PRETRAIN
 
     ensure_local_ray()
-    cfg = parse_cli(["--config", "tiny", f"--data.corpus={small_corpus}"])
+    cfg = PRETRAIN.parse(["--config", "tiny", f"--data.corpus={small_corpus}"])
     return prepare_dataset(cfg.data, cfg.tokenizer, tmp_path_factory.mktemp("datasets"))
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from orchestrator.stages.pretrain import parse_cli, pretrain
+from orchestrator.stages.pretrain import PRETRAIN
 from workloads.data.loader import PackedDataset
 from workloads.data.order import stream_indices
 from workloads.data.shards import FORMAT_VERSION, write_manifest, write_shards
@@ -31,7 +31,7 @@ def ensure_local_ray() -> None:
 
 def run_tiny(dataset: Path, output_dir: Path, tracking_uri: str, *overrides: str) -> dict:
     """One real pretrain job on the prepared tiny dataset (a local Ray must be running)."""
-    cfg = parse_cli(
+    cfg = PRETRAIN.parse(
         [
             "--config",
             "tiny",
@@ -41,7 +41,7 @@ def run_tiny(dataset: Path, output_dir: Path, tracking_uri: str, *overrides: str
             *overrides,
         ]
     )
-    return pretrain(cfg)
+    return PRETRAIN.run(cfg)
 
 
 def launch_tiny(
@@ -130,7 +130,8 @@ def start_mlflow_server(root: Path, port: int) -> subprocess.Popen:
 
 def train_stage(stage: str, home: dict, start, *overrides: str) -> dict:
     """One fine-tuning stage's tiny recipe, run in `home` from `start`; its final metrics."""
-    from orchestrator.stages.finetuning import parse_stage_cli, run_stage
+    # The registry imports the RL stages and so Ray: conftest imports this module where Ray is absent (the GPU check).
+    from orchestrator.stages.registry import DRIVERS
 
     ensure_local_ray()
     argv = [
@@ -141,7 +142,8 @@ def train_stage(stage: str, home: dict, start, *overrides: str) -> dict:
         f"--model.init_from={start}",
         *overrides,
     ]
-    return run_stage(stage, parse_stage_cli(stage, argv))
+    driver = DRIVERS[stage]
+    return driver.run(driver.parse(argv))
 
 
 # A user's reward module whose functions each fail in one way (written to a file and imported by name).

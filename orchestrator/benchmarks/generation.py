@@ -9,7 +9,7 @@ from typing import Any
 import torch
 
 from orchestrator.benchmarks.harness import BENCH_CPUS, THROUGHPUT_RECIPE, say
-from orchestrator.stages.pretrain import parse_cli
+from orchestrator.stages.pretrain import PRETRAIN
 from workloads.generation import Sampling, generate
 from workloads.hf_interop import save_hf_model
 from workloads.model import GPT
@@ -38,7 +38,7 @@ def measure_generate(
     """
     import transformers  # transformers: the optional [hf] extra, needed by this section alone
 
-    cfg = model_cfg or parse_cli(["--config", THROUGHPUT_RECIPE]).model
+    cfg = model_cfg or PRETRAIN.parse(["--config", THROUGHPUT_RECIPE]).model
     previous_threads = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:

@@ -7,7 +7,7 @@ from typing import Any
 import torch
 
 from orchestrator.benchmarks.harness import say
-from orchestrator.stages.pretrain import parse_cli
+from orchestrator.stages.pretrain import PRETRAIN
 from workloads.reference_loop import train_steps_on_device
 
 GPU_RECIPES = ("gpt-125m-gpu", "gpt-1b-gpu")
@@ -19,7 +19,7 @@ def gpu_bench(steps: int = 10) -> dict[str, Any]:
     results: dict[str, Any] = {"device": torch.cuda.get_device_name()}
     for recipe in GPU_RECIPES:
         say(f"gpu: {recipe}, {steps} steps")
-        cfg = parse_cli(["--config", recipe])
+        cfg = PRETRAIN.parse(["--config", recipe])
         results[recipe] = train_steps_on_device(cfg.model, cfg.train, cfg.data.seq_len, "cuda", steps)
         torch.cuda.empty_cache()
         say(

@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 from orchestrator.data.pretraining import prepare_dataset
-from orchestrator.stages.pretrain import parse_cli
+from orchestrator.stages.pretrain import PRETRAIN
 
 BENCH_CPUS = 2  # the machine this bench is calibrated for: one worker of 2 CPUs, 2 torch threads
 THROUGHPUT_RECIPE = "default"
@@ -60,7 +60,7 @@ def tracking_uri(workdir: Path) -> str:
 
 def bench_dataset(workdir: Path) -> Path:
     """The default recipe's corpus prepared under workdir (a no-op when already there)."""
-    cfg = parse_cli(["--config", THROUGHPUT_RECIPE])
+    cfg = PRETRAIN.parse(["--config", THROUGHPUT_RECIPE])
     return prepare_dataset(cfg.data, cfg.tokenizer, workdir / "datasets")
 
 

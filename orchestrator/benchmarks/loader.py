@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 
 from orchestrator.benchmarks.harness import THROUGHPUT_RECIPE, say
-from orchestrator.stages.pretrain import parse_cli
+from orchestrator.stages.pretrain import PRETRAIN
 from workloads.data.loader import PackedDataset
 from workloads.data.order import global_batch_indices
 
@@ -81,7 +81,7 @@ def measure_memcpy(num_bytes: int, seconds: float = 1.0) -> float:
 def run(bench) -> None:
     """The loader section: loader_vs_memcpy (loader_vs_consumption follows from the throughput section)."""
     say(f"loader: PackedDataset.get of {LOADER_MICRO_BATCHES} shuffled micro-batches vs a numpy copy of as many bytes")
-    micro = parse_cli(["--config", THROUGHPUT_RECIPE]).train.micro_batch_size
+    micro = PRETRAIN.parse(["--config", THROUGHPUT_RECIPE]).train.micro_batch_size
     loader = measure_loader(bench.dataset(), micro)
     loader["memcpy_bytes_per_s"] = measure_memcpy(loader["bytes_per_pass"])
     bench.report["loader_vs_memcpy"] = loader["bytes_per_s"] / loader["memcpy_bytes_per_s"]

@@ -22,7 +22,7 @@ from typing import Any
 
 from orchestrator.benchmarks.harness import say, start_ray, tracking_uri
 from orchestrator.data.pretraining import prepare_dataset
-from orchestrator.stages.pretrain import PretrainConfig, parse_cli, pretrain
+from orchestrator.stages.pretrain import PRETRAIN, PretrainConfig
 from workloads.data.loader import load_manifest
 from workloads.errors import UserInputError
 from workloads.model import training_flops_per_token
@@ -100,17 +100,17 @@ def run_quality(
         "--tracking.experiment=bench",
         *overrides,
     ]
-    cfg = parse_cli(base)
+    cfg = PRETRAIN.parse(base)
     steps = steps_for_budget(cfg, flops)
     dataset_dir = prepare_dataset(cfg.data, cfg.tokenizer, workdir / "datasets")
     val = load_manifest(dataset_dir)["splits"]["val"]
     # Evaluate every validation sample, once, at the end (eval also runs at max_steps).
-    cfg = parse_cli(
+    cfg = PRETRAIN.parse(
         base
         + [f"--train.max_steps={steps}", f"--train.eval_interval={steps}", f"--train.eval_samples={val['num_samples']}"]
     )
     started = time.perf_counter()
-    final = pretrain(cfg)
+    final = PRETRAIN.run(cfg)
     wall = time.perf_counter() - started
     spent = training_flops(cfg, steps)
     # Samples overlap by one token, so num_samples * seq_len tokens are predicted;

@@ -13,8 +13,8 @@ import torch
 
 from orchestrator.benchmarks.goals import REPORTED
 from orchestrator.benchmarks.harness import THROUGHPUT_RECIPE, say, start_ray, tracking_uri
-from orchestrator.stages.pretrain import parse_cli, pretrain
-from orchestrator.stages.rl import parse_rl_cli, run_rl
+from orchestrator.stages.grpo import GRPO
+from orchestrator.stages.pretrain import PRETRAIN
 from workloads.metrics_log import read_metrics
 from workloads.model import GPT
 from workloads.rl.controller import push_weights
@@ -28,8 +28,8 @@ def measure_rl(workdir: Path) -> dict[str, Any]:
 
     uri = tracking_uri(workdir)
     runs = workdir / "rl-runs"
-    start = pretrain(
-        parse_cli(
+    start = PRETRAIN.run(
+        PRETRAIN.parse(
             [
                 "--config",
                 "tiny",
@@ -41,8 +41,7 @@ def measure_rl(workdir: Path) -> dict[str, Any]:
             ]
         )
     )
-    cfg = parse_rl_cli(
-        "grpo",
+    cfg = GRPO.parse(
         [
             "--config",
             "tiny",
@@ -54,7 +53,7 @@ def measure_rl(workdir: Path) -> dict[str, Any]:
             "--run.fresh=true",
         ],
     )
-    run_rl(cfg)
+    GRPO.run(cfg)
     steady = [
         line for line in read_metrics(cfg.run.run_dir()) if line.get("step", 0) > 1 and "rl/generation_share" in line
     ]
@@ -63,7 +62,7 @@ def measure_rl(workdir: Path) -> dict[str, Any]:
         for phase in ("sync", "generation", "scoring", "learning")
     }
 
-    model_cfg = parse_cli(["--config", THROUGHPUT_RECIPE]).model
+    model_cfg = PRETRAIN.parse(["--config", THROUGHPUT_RECIPE]).model
     torch.manual_seed(0)
     policy = GPT(model_cfg)
     spec = ActorSpec(

@@ -9,9 +9,10 @@ from pathlib import Path
 from typing import Any
 
 from orchestrator.benchmarks.harness import WARMUP_STEPS, say, start_ray, step_times_from_metrics, tracking_uri
+from orchestrator.config.parser import tree_from_dict
 from orchestrator.scaling_laws import sweep
 from orchestrator.scaling_laws.trial_records import read_record
-from orchestrator.stages.pretrain import parse_cli, pretrain
+from orchestrator.stages.pretrain import PRETRAIN, PretrainConfig
 from workloads.errors import UserInputError
 from workloads.metrics_log import METRICS_FILE
 from workloads.reference_loop import steady_tokens_per_s
@@ -60,11 +61,9 @@ def measure_sweep(workdir: Path) -> dict[str, Any]:
     tokens_step = summary["tokens_per_step"]
     in_sweep = steady_tokens_per_s(step_times_from_metrics(trial_dir / METRICS_FILE)[1:], tokens_step, WARMUP_STEPS)
     say(f"sweep: {longest['name']} trained at {in_sweep:,.0f} tok/s in the sweep; now the same config alone")
-    alone_args = [a for a in record["argv"] if not a.startswith(("--run.name=", "--run.output_dir="))]
-    cfg = parse_cli(
-        [*alone_args, "--run.name=bench-sweep-alone", f"--run.output_dir={workdir / 'runs'}", "--run.fresh=true"]
-    )
-    pretrain(cfg)
+    run = {**record["config"]["run"], "name": "bench-sweep-alone", "output_dir": str(workdir / "runs"), "fresh": True}
+    cfg = tree_from_dict(PretrainConfig, {**record["config"], "run": run})
+    PRETRAIN.run(cfg)
     alone = steady_tokens_per_s(
         step_times_from_metrics(cfg.run.run_dir() / METRICS_FILE)[1:], tokens_step, WARMUP_STEPS
     )

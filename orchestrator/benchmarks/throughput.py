@@ -10,7 +10,7 @@ from typing import Any
 import ray
 
 from orchestrator.benchmarks.harness import BENCH_CPUS, WARMUP_STEPS, say, step_times_from_metrics, throughput_args
-from orchestrator.stages.pretrain import PretrainConfig, parse_cli, pretrain
+from orchestrator.stages.pretrain import PRETRAIN, PretrainConfig
 from workloads.metrics_log import METRICS_FILE
 from workloads.reference_loop import bare_loop, steady_tokens_per_s
 
@@ -66,8 +66,8 @@ def measure_throughput(dataset_dir: Path, workdir: Path, steps: int) -> dict[str
     """
     total = steps + WARMUP_STEPS
     args = [*throughput_args(dataset_dir, workdir, "bench-throughput", total), *COMPILED]
-    cfg = parse_cli(args)
-    gpt2 = parse_cli([*args, *GPT2_LAYOUT])
+    cfg = PRETRAIN.parse(args)
+    gpt2 = PRETRAIN.parse([*args, *GPT2_LAYOUT])
     tokens_step = cfg.train.resolved_global_batch(1) * cfg.data.seq_len
 
     def bare(where: str, loop, config: PretrainConfig = cfg) -> float:
@@ -80,7 +80,7 @@ def measure_throughput(dataset_dir: Path, workdir: Path, steps: int) -> dict[str
     gpt2_before = bare("in GPT-2's layout", bare_loop_of, gpt2)
     say(f"throughput: real path, {total} steps (Ray Train + DeepSpeed ZeRO {cfg.deepspeed.zero_stage}, 1 worker)")
     started = time.perf_counter()
-    pretrain(cfg)
+    PRETRAIN.run(cfg)
     pretrain_wall = time.perf_counter() - started
     full = steady_tokens_per_s(step_times_from_metrics(cfg.run.run_dir() / METRICS_FILE), tokens_step, WARMUP_STEPS)
     say(f"throughput: real path: {full:,.0f} tok/s")

@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import sys
 import typing
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -141,9 +142,11 @@ def parse_overrides(args: list[str]) -> dict[str, str]:
     return overrides
 
 
-def merge_overrides(values: dict[str, Any], overrides: dict[str, str]) -> dict[str, Any]:
+def merge_overrides(values: dict[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:
     merged = {section: dict(body) if isinstance(body, dict) else body for section, body in values.items()}
     for key, value in overrides.items():
+        if "." not in key:
+            raise UserInputError(f"override '{key}': expected section.field")
         section, field = key.split(".", 1)
         merged.setdefault(section, {})
         if not isinstance(merged[section], dict):
@@ -216,14 +219,39 @@ def parse_tree(
             rest.append(args[i])
             i += 1
     overrides = parse_overrides(rest)
-    values = merge_overrides(load_yaml(recipe_path(recipe, recipe_dir)), overrides)
-    tree = build_tree(tree_cls, values, text_keys=set(overrides))
-    if resolve is not None:
-        resolve(tree)
-    tree.validate()
+    tree = load_tree(tree_cls, recipe, overrides, resolve, recipe_dir, overrides_are_text=True)
     if print_config:
         print(yaml.safe_dump(to_dict(tree), sort_keys=False), end="")
         raise SystemExit(0)
+    return tree
+
+
+def load_tree(
+    tree_cls: type[T],
+    recipe: str,
+    overrides: Mapping[str, Any],
+    resolve=None,
+    recipe_dir: Path = RECIPE_DIR,
+    overrides_are_text: bool = False,
+) -> T:
+    """A validated tree from a recipe (shipped name or YAML file) and {"section.field": value} overrides.
+
+    Overrides are values as YAML or code gives them (a chain's stage overrides, a sweep's trials), or,
+    with `overrides_are_text`, text from a command line, parsed by each field's type. `resolve` as in
+    `parse_tree`.
+    """
+    values = merge_overrides(load_yaml(recipe_path(recipe, recipe_dir)), overrides)
+    tree = build_tree(tree_cls, values, text_keys=set(overrides) if overrides_are_text else frozenset())
+    if resolve is not None:
+        resolve(tree)
+    tree.validate()
+    return tree
+
+
+def tree_from_dict(tree_cls: type[T], values: Mapping[str, Any]) -> T:
+    """A validated tree from its serialised form (`to_dict`): what one component hands another."""
+    tree = build_tree(tree_cls, dict(values))
+    tree.validate()
     return tree
 
 

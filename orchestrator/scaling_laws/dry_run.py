@@ -7,7 +7,6 @@ from typing import TYPE_CHECKING
 
 from orchestrator.launch.trainer import worker_threads
 from orchestrator.scaling_laws.family import family_lr
-from orchestrator.stages.pretrain import parse_cli as parse_pretrain
 from workloads.reference_loop import bare_loop
 
 if TYPE_CHECKING:  # the sweep calls these functions: only its type is needed here
@@ -23,7 +22,7 @@ def measured_step_seconds(sweep: Sweep) -> dict[str, float]:
     for spec in sweep.design.specs:
         if spec.size.key in seconds:
             continue
-        cfg = parse_pretrain(["--config", str(sweep.base_file), *sweep.overrides(spec, 1.0)])
+        cfg = sweep.trial_config(spec, 1.0)
         stamps = bare_loop(
             cfg.model,
             cfg.train,

@@ -44,8 +44,7 @@ from orchestrator.scaling_laws.sweep_config import SweepTree
 from orchestrator.scaling_laws.sweep_report import VERIFY_FILE, report_sweep
 from orchestrator.scaling_laws.trial_records import OK, as_trial, is_finished, read_record
 from orchestrator.scaling_laws.tune_runner import TRAINABLE_CPUS, Plan, run_trials, trial_slots
-from orchestrator.stages.pretrain import PretrainConfig, resolve_dataset
-from orchestrator.stages.pretrain import parse_cli as parse_pretrain
+from orchestrator.stages.pretrain import PRETRAIN, PretrainConfig, resolve_dataset
 from workloads.errors import UserInputError
 
 SUMMARY = (
@@ -85,9 +84,8 @@ def base_config(tree: SweepTree) -> PretrainConfig:
     """The pretrain config every trial starts from: the base recipe, its overrides, the sweep's own run and tracking."""
     base = tree.sweep.base
     source = str(Path(base).resolve()) if base.endswith((".yaml", ".yml")) else str(recipe_path(base))
-    argv = ["--config", source, *tree.sweep.base_overrides]
     try:
-        cfg = parse_pretrain(argv)
+        cfg = PRETRAIN.parse(["--config", source, *tree.sweep.base_overrides])
     except UserInputError as err:
         raise UserInputError(f"sweep.base: {base} {' '.join(tree.sweep.base_overrides)}: {err}") from None
     cfg.tracking = dataclasses.replace(tree.tracking, uri=absolute_tracking_uri(tree.tracking.uri))
@@ -122,34 +120,41 @@ class Sweep:
     def lr(self, spec: TrialSpec, multiplier: float) -> float:
         return family_lr(spec.size, self.tree.family) * multiplier
 
-    def overrides(self, spec: TrialSpec, multiplier: float) -> list[str]:
+    def overrides(self, spec: TrialSpec, multiplier: float) -> dict[str, Any]:
+        """What a trial sets on the base config: its name, shape, length, learning rate, schedule, evaluations."""
         m, sweep = spec.size.model, self.tree.sweep
-        argv = [
-            f"--run.name={spec.name}",
-            f"--model.n_layers={m.n_layers}",
-            f"--model.d_model={m.d_model}",
-            f"--model.n_heads={m.n_heads}",
-            "--model.n_kv_heads=0",
-            "--model.ffn_hidden=0",
-            f"--train.max_steps={spec.steps}",
-            "--train.halt_at_step=0",
-            f"--train.lr={self.lr(spec, multiplier)!r}",
-            f"--train.warmup_steps={spec.warmup}",
-            f"--train.schedule={spec.schedule}",
-            f"--train.decay_fraction={sweep.cooldown_fraction!r}",
-            f"--train.eval_interval={max(1, spec.steps // sweep.evals_per_trial)}",
-            f"--run.checkpoint_steps={sorted(spec.checkpoint_steps)}",
-        ]
+        overrides: dict[str, Any] = {
+            "run.name": spec.name,
+            "model.n_layers": m.n_layers,
+            "model.d_model": m.d_model,
+            "model.n_heads": m.n_heads,
+            "model.n_kv_heads": 0,
+            "model.ffn_hidden": 0,
+            "train.max_steps": spec.steps,
+            "train.halt_at_step": 0,
+            "train.lr": self.lr(spec, multiplier),
+            "train.warmup_steps": spec.warmup,
+            "train.schedule": spec.schedule,
+            "train.decay_fraction": sweep.cooldown_fraction,
+            "train.eval_interval": max(1, spec.steps // sweep.evals_per_trial),
+            "run.checkpoint_steps": sorted(spec.checkpoint_steps),
+        }
         if spec.checkpoint_steps:  # Ray's retention of the newest K must not take the branch points
-            argv.append("--train.keep_checkpoints=0")
-        return argv
+            overrides["train.keep_checkpoints"] = 0
+        return overrides
+
+    def trial_config(
+        self, spec: TrialSpec, multiplier: float, origin: Path | None = None, base_file: Path | None = None
+    ) -> PretrainConfig:
+        """The pretrain config `spec` trains with (refused here if the trial would refuse it)."""
+        overrides = self.overrides(spec, multiplier)
+        if origin is not None:
+            overrides["run.branch_from"] = str(origin)
+        return PRETRAIN.load(str(base_file or self.base_file), overrides)
 
     def launch(self, spec: TrialSpec, multiplier: float, origin: Path | None, base_file: Path | None = None) -> dict:
-        """The trainable's config for `spec` (a Tune trial's `config`)."""
-        argv = ["--config", str(base_file or self.base_file), *self.overrides(spec, multiplier)]
-        if origin is not None:
-            argv.append(f"--run.branch_from={origin}")
-        cfg = parse_pretrain(argv)  # refuse here what the trial would refuse
+        """The trainable's config for `spec` (a Tune trial's `config`): the trial's pretrain config, serialised."""
+        cfg = self.trial_config(spec, multiplier, origin, base_file)
         lr = self.lr(spec, multiplier)
         size = spec.size
         tags = {
@@ -173,13 +178,13 @@ class Sweep:
             **spec.describe(),
             "lr": lr,
             "lr_multiplier": multiplier,
-            "argv": argv,  # argv: the run, to repeat it
+            "config": to_dict(cfg),  # the run, to repeat it
             "trained_flops": spec.trained_flops(self.design.tokens_per_step, self.design.seq_len),
         }
         cpus = cfg.scaling.num_workers * worker_threads(cfg.scaling.cpus_per_worker)
         return {
             "name": spec.name,
-            "argv": argv,
+            "pretrain": to_dict(cfg),
             "run_dir": str(self.trials_dir / spec.name),
             "tags": tags,
             "record": record,
@@ -263,14 +268,12 @@ class Sweep:
 
     def write_recipe(self, spec: TrialSpec, path: Path, note: str) -> None:
         """A pretrain recipe (the full resolved config) that `orchestrator.pretrain --config FILE` runs."""
-        argv = [
-            "--config",
-            str(self.base_file),
-            *self.overrides(spec, self.multiplier_for(spec.size)),
-            f"--run.output_dir={absolute(self.tree.run.output_dir)}",
-            "--run.checkpoint_steps=[]",
-        ]
-        cfg = parse_pretrain(argv)
+        overrides = {
+            **self.overrides(spec, self.multiplier_for(spec.size)),
+            "run.output_dir": absolute(self.tree.run.output_dir),
+            "run.checkpoint_steps": [],
+        }
+        cfg = PRETRAIN.load(str(self.base_file), overrides)
         path.write_text(f"# {note}\n" + yaml.safe_dump(to_dict(cfg), sort_keys=False))
 
 

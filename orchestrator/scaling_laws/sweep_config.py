@@ -2,7 +2,7 @@
 
 Everything a trial trains with beyond its shape, learning rate and length comes
 from a pretrain recipe (`sweep.base` plus `sweep.base_overrides`), parsed by
-`orchestrator.stages.pretrain.parse_cli` exactly as `python -m orchestrator.pretrain`
+the pretrain driver (`orchestrator.stages.pretrain.PRETRAIN`) exactly as `python -m orchestrator.pretrain`
 would parse it, so a trial is a pretrain run and nothing else.
 """
 
@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from orchestrator.config.sections import TrackingConfig
+from orchestrator.config.tree import ConfigTree
 from workloads.errors import UserInputError
 from workloads.schema import option
 
@@ -173,14 +174,10 @@ class FamilyConfig:
 
 
 @dataclass
-class SweepTree:
+class SweepTree(ConfigTree):
     """The whole tree of a sweep."""
 
     run: SweepRunConfig = dataclasses.field(default_factory=SweepRunConfig)
     sweep: SweepConfig = dataclasses.field(default_factory=SweepConfig)
     family: FamilyConfig = dataclasses.field(default_factory=FamilyConfig)
     tracking: TrackingConfig = dataclasses.field(default_factory=TrackingConfig)
-
-    def validate(self) -> None:
-        for section in dataclasses.fields(self):
-            getattr(self, section.name).validate()

@@ -1,8 +1,8 @@
 """Training a sweep's trials with Ray Tune, as many at once as the cluster holds.
 
-Each trial is a Tune function trainable (`trial_trainable`) that parses its
-pretrain command line with `orchestrator.stages.pretrain.parse_cli` and runs
-`orchestrator.stages.pretrain.pretrain`, which fits a Ray Train `TorchTrainer` (Ray 2.60's
+Each trial is a Tune function trainable (`trial_trainable`) that rebuilds its pretrain
+config from the serialised one in its Tune config and runs the pretrain driver
+(`orchestrator.stages.pretrain.PRETRAIN`), which fits a Ray Train `TorchTrainer` (Ray 2.60's
 Train V2 pattern for Tune: `Tuner(TorchTrainer)` is refused). Ray Train's
 `TuneReportCallback` passes every evaluation on to Tune. The trainable itself
 holds only `TRAINABLE_CPUS` while its trainer's workers hold their own CPUs, and
@@ -29,6 +29,7 @@ from ray import tune
 from ray.tune.integration.ray_train import TuneReportCallback
 from ray.tune.search import Searcher
 
+from orchestrator.config.parser import tree_from_dict
 from orchestrator.scaling_laws.grid import TrialSpec
 from orchestrator.scaling_laws.trial_records import (
     CRASHED,
@@ -41,7 +42,7 @@ from orchestrator.scaling_laws.trial_records import (
     timing,
     write_record,
 )
-from orchestrator.stages.pretrain import parse_cli, pretrain
+from orchestrator.stages.pretrain import PRETRAIN, PretrainConfig
 from workloads.checkpoints.loading import RAY_SNAPSHOT_FILE, TRAIN_STORAGE
 from workloads.errors import UserInputError
 
@@ -63,7 +64,8 @@ def trial_trainable(config: dict[str, Any]) -> None:
     origin_run_dir = Path(config["origin_run_dir"]) if config["origin_run_dir"] else None
     record = {**config["record"], "status": CRASHED, "reason": "", "loss": None, "bpb": None}
     try:
-        final = pretrain(parse_cli(config["argv"]), tags=config["tags"], callbacks=[TuneReportCallback()])
+        cfg = tree_from_dict(PretrainConfig, config["pretrain"])
+        final = PRETRAIN.run(cfg, tags=config["tags"], callbacks=[TuneReportCallback()])
         status, reason = assess(run_dir, final, origin_run_dir)
         record.update(
             status=status,

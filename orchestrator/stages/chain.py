@@ -1,15 +1,14 @@
-"""The chain's driver: pretrain -> SFT -> reward model -> DPO -> PPO -> GRPO in one command (`orchestrator.rlhf`).
+"""The chain's driver: every registered stage in order, one command (`orchestrator.rlhf`).
 
-Each stage runs with its own recipe and overrides (the `chain.` section) as a nested
-child run under one MLflow parent run. A stage's output is addressed by a hash of its
-recipe, its overrides and the hashes of every stage before it: its run is named
-`<stage>-<hash>`. Running the chain again therefore skips the stages that finished,
-resumes an interrupted one (same run name: it continues from its latest checkpoint),
-and re-runs a stage whose config or inputs changed together with every stage after it.
-SFT, the reward model and DPO start from the SFT-side checkpoints as InstructGPT does:
-SFT from pretrain, the reward model and DPO from SFT. PPO and GRPO start from SFT too, so that
-their results compare with DPO's; PPO's reward is the chain's reward model (unless its
-overrides name a reward), GRPO's the reward its recipe names (the built-in task's rule).
+Each stage runs with its own recipe and overrides (the `chain.` section: one field per stage of the
+registry, `orchestrator.stages.registry`) as a nested child run under one MLflow parent run. A stage's
+output is addressed by a hash of its recipe, its overrides and the hashes of every stage before it: its
+run is named `<stage>-<hash>`. Running the chain again therefore skips the stages that finished, resumes
+an interrupted one (same run name: it continues from its latest checkpoint), and re-runs a stage whose
+config or inputs changed together with every stage after it. Each stage starts from the final checkpoint
+of the stage its driver names (`starts_from`: SFT from pretrain, the reward model, DPO, PPO and GRPO from
+SFT, as InstructGPT does) and takes what else its driver asks of the stages before it (`chain_overrides`:
+PPO's reward model). Stages get config objects, built from their recipe files and overrides.
 """
 
 from __future__ import annotations
@@ -18,25 +17,23 @@ import dataclasses
 import hashlib
 import json
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from orchestrator.config.parser import RECIPE_DIR, parse_tree
 from orchestrator.config.sections import TrackingConfig
+from orchestrator.config.tree import ConfigTree
 from orchestrator.launch.tracking import resolve_tracking_uri
-from orchestrator.stages.finetuning import parse_stage_cli, run_stage
-from orchestrator.stages.pretrain import parse_cli as parse_pretrain
-from orchestrator.stages.pretrain import pretrain
-from orchestrator.stages.rl import parse_rl_cli, run_rl
+from orchestrator.stages.base import StageDriver
+from orchestrator.stages.registry import DRIVERS
 from workloads.errors import UserInputError
 from workloads.schema import option
 from workloads.train_config import CADENCE_FIELDS
 
-STAGE_ORDER = ("pretrain", "sft", "reward", "dpo", "ppo", "grpo")
-STARTS_FROM = {"sft": "pretrain", "reward": "sft", "dpo": "sft", "ppo": "sft", "grpo": "sft"}
-RL_STAGES = ("ppo", "grpo")
 STATE_FILE = "chain.json"
+DEFAULT_RECIPE = "tiny"  # a stage's recipe when the chain's section names none
 SUMMARY = "The whole path in one command, pretrain -> SFT -> reward model -> DPO -> PPO -> GRPO."
 
 
@@ -54,67 +51,78 @@ class ChainRunConfig:
             raise UserInputError(f"run.name: '{self.name}' must be a non-empty name without '/'")
 
 
-@dataclass
-class ChainConfig:
+class ChainStages:
     """The stages, in order, each `{config: RECIPE, overrides: {section.field: value}}`."""
 
-    stages: list = option(list(STAGE_ORDER), f"stages to run, in order (a prefix of {', '.join(STAGE_ORDER)})")
-    pretrain: dict = option({"config": "tiny"}, "pretrain's recipe and overrides")
-    sft: dict = option({"config": "tiny"}, "SFT's recipe and overrides")
-    reward: dict = option({"config": "tiny"}, "the reward model's recipe and overrides")
-    dpo: dict = option({"config": "tiny"}, "DPO's recipe and overrides")
-    ppo: dict = option({"config": "tiny"}, "PPO's recipe and overrides (its reward.model: the chain's reward model)")
-    grpo: dict = option({"config": "tiny"}, "GRPO's recipe and overrides")
+    drivers: ClassVar[Mapping[str, StageDriver]]  # the registry the section was made from
+    stages: list
 
     def validate(self) -> None:
-        if list(self.stages) != list(STAGE_ORDER[: len(self.stages)]) or not self.stages:
-            raise UserInputError(f"chain.stages: {self.stages} must be a prefix of {', '.join(STAGE_ORDER)}")
-        for stage in self.stages:
+        names = list(self.drivers)
+        stages = list(self.stages)
+        in_order = all(s in self.drivers for s in stages) and stages == sorted(set(stages), key=names.index)
+        if not stages or not in_order:
+            raise UserInputError(f"chain.stages: {self.stages} must name stages of {', '.join(names)}, in that order")
+        for index, stage in enumerate(stages):
+            start = self.drivers[stage].starts_from
+            if start and start not in stages[:index]:
+                raise UserInputError(f"chain.stages: {stage} starts from {start}'s checkpoint; list {start} before it")
             spec = getattr(self, stage)
             unknown = set(spec) - {"config", "overrides"}
             if unknown or not isinstance(spec.get("overrides", {}), dict):
                 raise UserInputError(f"chain.{stage}: takes 'config' and an 'overrides' mapping, got {spec}")
 
 
-@dataclass
-class RLHFConfig:
-    run: ChainRunConfig = dataclasses.field(default_factory=ChainRunConfig)
-    chain: ChainConfig = dataclasses.field(default_factory=ChainConfig)
-    tracking: TrackingConfig = dataclasses.field(default_factory=TrackingConfig)
-
-    def validate(self) -> None:
-        for section in dataclasses.fields(self):
-            getattr(self, section.name).validate()
-
-
-def parse_cli(argv: list[str] | None) -> RLHFConfig:
-    return parse_tree(
-        RLHFConfig, argv, "orchestrator.rlhf", SUMMARY, default_recipe="tiny", recipe_dir=RECIPE_DIR / "rlhf"
+def chain_tree(drivers: Mapping[str, StageDriver] = DRIVERS) -> type[ConfigTree]:
+    """The chain's config tree for a registry of stages: its `chain.` section has one field per stage."""
+    fields: list[tuple[str, type, Any]] = [
+        ("stages", list, option(list(drivers), f"stages to run, in order (of {', '.join(drivers)})"))
+    ]
+    for name, driver in drivers.items():
+        start = f"; starts from {driver.starts_from}'s final checkpoint" if driver.starts_from else ""
+        fields.append((name, dict, option({"config": DEFAULT_RECIPE}, f"{name}'s recipe and overrides{start}")))
+    section = dataclasses.make_dataclass(
+        "ChainConfig", fields, bases=(ChainStages,), namespace={"__doc__": ChainStages.__doc__, "drivers": drivers}
+    )
+    return dataclasses.make_dataclass(
+        "RLHFConfig",
+        [
+            ("run", ChainRunConfig, dataclasses.field(default_factory=ChainRunConfig)),
+            ("chain", section, dataclasses.field(default_factory=section)),
+            ("tracking", TrackingConfig, dataclasses.field(default_factory=TrackingConfig)),
+        ],
+        bases=(ConfigTree,),
+        namespace={"__doc__": "The whole tree of a chain."},
     )
 
 
-def stage_argv(
-    cfg: RLHFConfig, stage: str, run_name: str, start: str, tracking_uri: str, reward_model: str = ""
-) -> list[str]:
-    spec = getattr(cfg.chain, stage)
-    overrides = spec.get("overrides", {})
-    argv = [
-        "--config",
-        spec.get("config", "tiny"),
-        f"--run.name={run_name}",
-        f"--run.output_dir={cfg.run.output_dir}",
-        f"--tracking.uri={tracking_uri}",
-        f"--tracking.experiment={cfg.tracking.experiment}",
-    ]
-    if stage == "ppo" and reward_model and not {"reward.model", "reward.function"} & set(overrides):
-        argv.append(f"--reward.model={reward_model}")
-    argv += [f"--{key}={value}" for key, value in overrides.items()]
-    if start:
-        argv.append(f"--model.init_from={start}")
-    return argv
+def parse_cli(argv: list[str] | None, drivers: Mapping[str, StageDriver] = DRIVERS) -> ConfigTree:
+    return parse_tree(
+        chain_tree(drivers), argv, "orchestrator.rlhf", SUMMARY, default_recipe="tiny", recipe_dir=RECIPE_DIR / "rlhf"
+    )
 
 
-def stage_key(cfg: RLHFConfig, stage: str, previous_key: str) -> str:
+def stage_overrides(
+    cfg: ConfigTree, stage: str, run_name: str, finished: Mapping[str, Mapping[str, Any]], tracking_uri: str
+) -> dict[str, Any]:
+    """What the chain sets on a stage's recipe: where it runs and is tracked, what the stage's driver takes from
+    the stages `finished` before it, the stage's own overrides, and last (never overridden) its starting model."""
+    driver = cfg.chain.drivers[stage]
+    own = getattr(cfg.chain, stage).get("overrides", {})
+    overrides = {
+        "run.name": run_name,
+        "run.output_dir": cfg.run.output_dir,
+        "tracking.uri": tracking_uri,
+        "tracking.experiment": cfg.tracking.experiment,
+    }
+    overrides.update(driver.chain_overrides(finished, own))
+    overrides.update(own)
+    if driver.starts_from:
+        overrides["model.init_from"] = finished[driver.starts_from]["checkpoint"]
+    return overrides
+
+
+def stage_key(cfg: ConfigTree, stage: str, previous_key: str) -> str:
     """Hash of the stage's recipe and overrides and of the stages before it; cadence overrides
     (logging, evaluation, checkpoints, halting) change no result and are left out."""
     spec = getattr(cfg.chain, stage)
@@ -124,14 +132,19 @@ def stage_key(cfg: RLHFConfig, stage: str, previous_key: str) -> str:
         if not (key.startswith("train.") and key.removeprefix("train.") in CADENCE_FIELDS)
     }
     text = json.dumps(
-        {"stage": stage, "config": spec.get("config", "tiny"), "overrides": overrides, "previous": previous_key},
+        {
+            "stage": stage,
+            "config": spec.get("config", DEFAULT_RECIPE),
+            "overrides": overrides,
+            "previous": previous_key,
+        },
         sort_keys=True,
         default=str,
     )
     return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
-def open_parent_run(cfg: RLHFConfig, uri: str, record: dict[str, Any]) -> str:
+def open_parent_run(cfg: ConfigTree, uri: str, record: dict[str, Any]) -> str:
     # mlflow: imported when something is recorded (seconds of imports; workers and --help never need it)
     from mlflow.tracking import MlflowClient
 
@@ -150,7 +163,7 @@ def open_parent_run(cfg: RLHFConfig, uri: str, record: dict[str, Any]) -> str:
     return run.info.run_id
 
 
-def run_chain(cfg: RLHFConfig) -> dict[str, dict[str, Any]]:
+def run_chain(cfg: ConfigTree) -> dict[str, dict[str, Any]]:
     """Run what is not finished; returns {stage: {run_name, checkpoint, metrics, skipped}}."""
     # mlflow: imported when something is recorded (seconds of imports; workers and --help never need it)
     from mlflow.tracking import MlflowClient
@@ -176,19 +189,11 @@ def run_chain(cfg: RLHFConfig) -> dict[str, dict[str, Any]]:
             print(f"rlhf: {stage}: finished already as {run_name} (nothing to do)")
             outcome[stage] = {**done, "skipped": True}
             continue
-        start = outcome[STARTS_FROM[stage]]["checkpoint"] if stage in STARTS_FROM else ""
-        reward_model = outcome["reward"]["checkpoint"] if "reward" in outcome else ""
-        argv = stage_argv(cfg, stage, run_name, start, uri, reward_model)
+        driver = cfg.chain.drivers[stage]
+        spec = getattr(cfg.chain, stage)
         print(f"rlhf: {stage}: running {run_name}")
-        if stage == "pretrain":
-            stage_cfg = parse_pretrain(argv)
-            final = pretrain(stage_cfg, tags={"mlflow.parentRunId": parent})
-        elif stage in RL_STAGES:
-            stage_cfg = parse_rl_cli(stage, argv)
-            final = run_rl(stage_cfg, parent_run_id=parent)
-        else:
-            stage_cfg = parse_stage_cli(stage, argv)
-            final = run_stage(stage, stage_cfg, parent_run_id=parent)
+        stage_cfg = driver.load(spec.get("config", DEFAULT_RECIPE), stage_overrides(cfg, stage, run_name, outcome, uri))
+        final = driver.run(stage_cfg, parent_run_id=parent)
         if final.get("step", 0) < stage_cfg.train.max_steps:
             print(
                 f"rlhf: {stage}: stopped at step {final.get('step')} before its last step; run the chain again "

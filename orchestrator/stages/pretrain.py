@@ -1,29 +1,26 @@
-"""The pretrain stage's driver: its config tree, then prepare data if needed and train on Ray Train.
+"""The pretrain stage's driver: its config tree, its dataset prepared (or found) and checked, then Ray Train.
 
-The same command runs on a laptop (it starts a local Ray and trains on the
-embedded default corpus) and on a GPU cluster (`ray job submit -- python -m
-orchestrator.pretrain --config gpt-350m-gpu ...`). The driver only builds configs
-and launches; the training itself is `workloads.loop.train_worker` running
-`workloads.stages.pretrain.PretrainStage`.
+The same command runs on a laptop (a local Ray, the embedded default corpus) and on a GPU cluster
+(`ray job submit -- python -m orchestrator.pretrain --config gpt-350m-gpu ...`). The workers run
+`workloads.loop.train_worker` with `workloads.stages.pretrain.PretrainStage`.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import glob
-import hashlib
-import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from orchestrator.config.parser import parse_tree
-from orchestrator.config.sections import RunConfig, ScalingConfig, TrackingConfig, absolute
+from orchestrator.config.parser import RECIPE_DIR
+from orchestrator.config.sections import RunConfig, ScalingConfig, TrackingConfig, absolute, dataset_root
+from orchestrator.config.tree import ConfigTree
 from orchestrator.data.checks import check_dataset
 from orchestrator.data.pretraining import prepare_dataset
 from orchestrator.launch.tracking import absolute_tracking_uri
-from orchestrator.launch.trainer import Launch, train_on_ray
+from orchestrator.stages.base import DRIVER_ONLY, StageDriver
 from workloads.checkpoints.loading import read_description, resolve_checkpoint
 from workloads.data.config import EMBEDDED_CORPUS, DataConfig
 from workloads.data.shards import MANIFEST_FILE
@@ -37,7 +34,7 @@ from workloads.train_config import CADENCE_FIELDS, TrainConfig
 
 
 @dataclass
-class PretrainConfig:
+class PretrainConfig(ConfigTree):
     """The whole tree of a pretrain run."""
 
     run: RunConfig = dataclasses.field(default_factory=RunConfig)
@@ -50,49 +47,14 @@ class PretrainConfig:
     scaling: ScalingConfig = dataclasses.field(default_factory=ScalingConfig)
     tracking: TrackingConfig = dataclasses.field(default_factory=TrackingConfig)
 
-    def validate(self) -> None:
-        for section in dataclasses.fields(self):
-            if section.name != "parallel":
-                getattr(self, section.name).validate()
-        self.parallel.validate(self.scaling.num_workers, self.deepspeed.zero_stage, self.model.n_layers)
+    def check(self) -> None:
+        self.parallel.check_layout(self.scaling.num_workers, self.deepspeed.zero_stage, self.model.n_layers)
         if self.data.seq_len > self.model.max_seq_len:
             raise UserInputError(f"data.seq_len={self.data.seq_len} exceeds model.max_seq_len={self.model.max_seq_len}")
         self.train.resolved_global_batch(self.data_parallel_degree())
 
     def data_parallel_degree(self) -> int:
         return self.scaling.num_workers // self.parallel.pipeline_stages
-
-    def training_identity(self) -> str:
-        """Hash of what determines the loss curve; a run directory keeps one identity.
-
-        Cadence fields (logging, eval, checkpoints, halting), resources and the split of
-        the global batch into micro-batches may change between submissions of the same run.
-        """
-        # The batch shape is checked on its own (run_state.claim): the global batch must stay the
-        # same unless allowed, while micro-batch x accumulation may change with the worker count.
-        identity = {
-            "model": dataclasses.asdict(self.model),
-            "data": {k: v for k, v in dataclasses.asdict(self.data).items() if k != "dataset_dir"},
-            "tokenizer": dataclasses.asdict(self.tokenizer),
-            "train": {k: v for k, v in dataclasses.asdict(self.train).items() if k not in CADENCE_FIELDS},
-            "deepspeed": dataclasses.asdict(self.deepspeed),
-            # Activation checkpointing and compiled blocks compute the same numbers: either may be switched on a resume.
-            "parallel": {
-                k: v
-                for k, v in dataclasses.asdict(self.parallel).items()
-                if k not in ("activation_checkpointing", "compile_blocks")
-            },
-        }
-        if self.run.branch_from:  # a branch continues another run's curve: its origin is part of it
-            identity["branch_from"] = self.run.branch_from
-        return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
-
-
-SUMMARY = "Pretrain a GPT with DeepSpeed on Ray Train; prepares the corpus first when needed."
-
-
-def parse_cli(argv: list[str] | None, prog: str = "orchestrator.pretrain") -> PretrainConfig:
-    return parse_tree(PretrainConfig, argv, prog, SUMMARY, default_recipe="default", resolve=resolve_model_source)
 
 
 def resolve_model_source(cfg: PretrainConfig) -> None:
@@ -141,8 +103,7 @@ def resolve_dataset(cfg: PretrainConfig) -> Path:
     corpus = Path(cfg.data.corpus)
     if corpus.is_dir() and (corpus / MANIFEST_FILE).exists():
         return corpus.resolve()
-    root = Path(cfg.data.dataset_dir) if cfg.data.dataset_dir else Path(cfg.run.output_dir) / "datasets"
-    return prepare_dataset(cfg.data, cfg.tokenizer, root.resolve())
+    return prepare_dataset(cfg.data, cfg.tokenizer, dataset_root(cfg.run.output_dir, cfg.data.dataset_dir))
 
 
 def check_branch(cfg: PretrainConfig, dataset_dir: Path) -> None:
@@ -159,30 +120,45 @@ def check_branch(cfg: PretrainConfig, dataset_dir: Path) -> None:
         )
 
 
-def pretrain(cfg: PretrainConfig, tags: dict[str, str] | None = None, callbacks: list | None = None) -> dict[str, Any]:
-    """Run (or resume) one pretrain job; returns the final reported metrics.
+class PretrainDriver(StageDriver):
+    name = "pretrain"
+    summary = "Pretrain a GPT with DeepSpeed on Ray Train; prepares the corpus first when needed."
+    tree = PretrainConfig
+    default_recipe = "default"
+    # Cadence (logging, evaluation, checkpoints, halting), resources and the split of the global batch into
+    # micro-batches may change between submissions of one run (the global batch is checked on its own, in
+    # launch.run_state.claim). Activation checkpointing and compiled blocks compute the same numbers.
+    identity_excluded = {
+        **DRIVER_ONLY,
+        "data": {"dataset_dir"},
+        "train": CADENCE_FIELDS,
+        "parallel": {"activation_checkpointing", "compile_blocks"},
+    }
 
-    `tags` go on its MLflow run; `callbacks` (Ray Train `UserCallback`s) are added to its trainer.
-    """
-    resolve_paths(cfg)
+    @property
+    def recipe_dir(self) -> Path:
+        return RECIPE_DIR  # pretrain's recipes are the top-level ones
 
-    def prepare() -> tuple[Path, dict[str, Any]]:
+    def resolve(self, cfg: PretrainConfig) -> None:
+        resolve_model_source(cfg)
+
+    def begin(self, cfg: PretrainConfig, parent_run_id: str) -> dict[str, str]:
+        resolve_paths(cfg)
+        return super().begin(cfg, parent_run_id)
+
+    def identity_extra(self, cfg: PretrainConfig) -> dict[str, Any]:
+        # A branch continues another run's curve: its origin is part of it.
+        return {"branch_from": cfg.run.branch_from} if cfg.run.branch_from else {}
+
+    def global_batch(self, cfg: PretrainConfig) -> int:
+        return cfg.train.resolved_global_batch(cfg.data_parallel_degree())
+
+    def prepare_data(self, cfg: PretrainConfig, tags: dict[str, str]) -> tuple[Path, dict[str, Any]]:
         dataset_dir = resolve_dataset(cfg)
         manifest = check_dataset(dataset_dir, cfg.data, cfg.tokenizer, cfg.model)
         if cfg.run.branch_from:
             check_branch(cfg, dataset_dir)
         return dataset_dir, manifest
 
-    return train_on_ray(
-        cfg,
-        Launch(
-            stage="pretrain",
-            identity=cfg.training_identity(),
-            global_batch=cfg.train.resolved_global_batch(cfg.data_parallel_degree()),
-            prepare=prepare,
-            shuffle_seed=cfg.data.shuffle_seed,
-            tags=tags or {},
-            allow_global_batch_change=cfg.run.allow_global_batch_change,
-            callbacks=list(callbacks or []),
-        ),
-    )
+
+PRETRAIN = PretrainDriver()

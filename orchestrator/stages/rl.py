@@ -1,40 +1,40 @@
-"""The RL stages' driver, shared by `orchestrator.ppo` and `orchestrator.grpo`.
+"""PPO and GRPO's shared tree and driver (`ppo`, `grpo`).
 
-Each is a config tree (recipes in `orchestrator/config/recipes/<ppo|grpo>/`, dotted overrides,
-`--help`, `--print-config`) that starts from `model.init_from` (the SFT checkpoint, required),
-like the fine-tuning stages. Before anything is written the driver checks the reward: a reward
-model must share the policy's tokenizer, and the reward actor imports a reward function and
-makes a trial call. Then it starts the roles as Ray actors (the reward scorer; in separated
-mode the rollout workers) and launches one Ray Train fit whose workers run the learner
-(`workloads.rl.learner`), with the actors' handles in their config. Afterwards it samples
-held-out prompts with the final and the starting policy, scores them with the same reward,
-measures the final policy's per-token KL to the starting one, and logs the samples, and the
-rollouts kept during the run, to MLflow as tables.
+Each starts from `model.init_from` (the SFT checkpoint, required), like the fine-tuning stages. Before
+anything is written the driver checks the reward: a reward model must share the policy's tokenizer, and
+the reward actor imports a reward function and makes a trial call. Then it starts the roles as Ray actors
+(the reward scorer; in separated mode the rollout workers) and launches one Ray Train fit whose workers
+run the learner (`workloads.rl.learner`), with the actors' handles in their options. Afterwards it
+samples held-out prompts with the final and the starting policy, scores them with the same reward,
+measures the final policy's per-token KL to the starting one, and logs the samples, and the rollouts
+kept during the run, to MLflow as tables. Recipes are in `orchestrator/config/recipes/<ppo|grpo>/`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import ray
 
-from orchestrator.config.parser import RECIPE_DIR, parse_tree
+from orchestrator.config.tree import EVERY_FIELD
 from orchestrator.data.finetuning import BUILTIN
 from orchestrator.data.prompt_sets import PromptDataConfig, prepare_prompts
 from orchestrator.launch import ray_runtime
-from orchestrator.launch.trainer import Launch, train_on_ray
+from orchestrator.stages.base import DRIVER_ONLY, StageDriver
 from orchestrator.stages.finetuning import StageConfig
 from orchestrator.stages.heldout import SampleConfig, heldout_records, sample_prompts
-from orchestrator.stages.starting_model import lineage_tags, starting_model, take_model_from_start
+from orchestrator.stages.starting_model import lineage_tags, starting_tokenizer, take_model_from_start
 from workloads.checkpoints.loading import SCALAR_HEAD, load_checkpoint, read_description, resolve_checkpoint
 from workloads.errors import UserInputError
 from workloads.rl.batch import Rollouts, mean_token_kl
-from workloads.rl.config import GRPOConfig, KLConfig, PPOConfig, RewardConfig, RolloutConfig
+from workloads.rl.config import KLConfig, RewardConfig, RolloutConfig
 from workloads.rl.learner import SAMPLES_FILE, STOP_FILE, learner_worker
 from workloads.rl.reward import RewardScorer
 from workloads.rl.rollout import ActorRole, ActorSpec, RolloutWorker
@@ -42,12 +42,6 @@ from workloads.task import has_property
 from workloads.tokenizer import Tokenizer
 from workloads.train_config import CADENCE_FIELDS
 
-SUMMARIES = {
-    "ppo": "PPO from an SFT checkpoint: clipped surrogate, a critic and GAE, a KL penalty in the reward; rollout "
-    "actors, a reward model or function, and a DeepSpeed learner on Ray Train.",
-    "grpo": "GRPO from an SFT checkpoint: several responses per prompt, group-normalised rewards as advantages, no "
-    "critic, KL to the reference in the loss; rollout actors and a DeepSpeed learner on Ray Train.",
-}
 ROLLOUT_ACTOR_NAME = "rl-rollout-{index}"  # the driver's rollout actors, in this job's namespace
 
 
@@ -60,13 +54,10 @@ class RLStageConfig(StageConfig):
     reward: RewardConfig = dataclasses.field(default_factory=RewardConfig)
     kl: KLConfig = dataclasses.field(default_factory=KLConfig)
 
-    algorithm = ""
+    algorithm: ClassVar[str] = ""  # the algorithm's section, and its name in workloads.rl.algorithms
     group_size = 1  # responses per prompt
 
-    def validate(self) -> None:
-        for section in dataclasses.fields(self):
-            if section.name != "parallel":
-                getattr(self, section.name).validate()
+    def check(self) -> None:  # not the fine-tuning stages' check: no data.seq_len here, its own limits instead
         if self.deepspeed.zero_stage == 3:
             raise UserInputError(
                 "deepspeed.zero_stage=3: ZeRO-3 is not supported for RL yet (the weight sync and the "
@@ -99,53 +90,74 @@ class RLStageConfig(StageConfig):
                 f"model.max_seq_len={self.model.max_seq_len}"
             )
 
-    def algorithm_options(self) -> dict[str, Any]:
-        return {}
 
+class RLDriver(StageDriver):
+    """PPO and GRPO: the starting policy and its reward, actors for the roles, one fit of the learner."""
 
-@dataclass
-class PPOStageConfig(RLStageConfig):
-    ppo: PPOConfig = dataclasses.field(default_factory=PPOConfig)
+    tree = RLStageConfig
+    starts_from = "sft"  # as DPO does, so that their results compare
+    train_loop = staticmethod(learner_worker)
+    identity_excluded = {
+        **DRIVER_ONLY,
+        "samples": EVERY_FIELD,
+        "parallel": EVERY_FIELD,
+        "data": {"dataset_dir"},
+        "train": CADENCE_FIELDS,
+        "rl": {"actor_cpus", "samples_per_iteration"},  # what the actors reserve, what is logged
+    }
 
-    algorithm = "ppo"
+    def resolve(self, cfg: RLStageConfig) -> None:
+        """The policy's shape from the starting checkpoint (as the fine-tuning stages take it); the reward
+        model's checkpoint, refused unless it is a reward model with the policy's tokenizer."""
+        tokenizer_file = take_model_from_start(cfg)
+        if cfg.reward.model:
+            cfg.reward.model = check_reward_model(cfg.reward.model, Tokenizer.load(tokenizer_file).sha256)
 
-    def validate(self) -> None:
-        super().validate()
-        if self.ppo.critic_init == "reward" and not self.reward.model:
-            raise UserInputError("ppo.critic_init=reward: needs reward.model (the critic starts from its weights)")
+    def begin(self, cfg: RLStageConfig, parent_run_id: str) -> dict[str, str]:
+        tags = lineage_tags(cfg, starting_tokenizer(cfg), parent_run_id)
+        return {**tags, "orchestrator.reward": cfg.reward.source}
 
-    def algorithm_options(self) -> dict[str, Any]:
-        return {"ppo": dataclasses.asdict(self.ppo)}
+    def identity_extra(self, cfg: RLStageConfig) -> dict[str, Any]:
+        extra: dict[str, Any] = {"stage": self.name}
+        if cfg.data.train_file != BUILTIN:
+            extra["train_file_sha256"] = hashlib.sha256(Path(cfg.data.train_file).read_bytes()).hexdigest()
+        return extra
 
+    def global_batch(self, cfg: RLStageConfig) -> int:
+        return cfg.rl.minibatch_size  # one optimizer step
 
-@dataclass
-class GRPOStageConfig(RLStageConfig):
-    grpo: GRPOConfig = dataclasses.field(default_factory=GRPOConfig)
+    def prepare_data(self, cfg: RLStageConfig, tags: dict[str, str]) -> tuple[Path, dict[str, Any]]:
+        run_dir = cfg.run.run_dir()
+        (run_dir / STOP_FILE).unlink(missing_ok=True)  # a reason recorded by an earlier submission
+        if not (run_dir / "train").exists():
+            (run_dir / SAMPLES_FILE).unlink(missing_ok=True)  # a fresh start keeps no earlier run's samples
+        dataset_dir, manifest = prepare_prompts(cfg, starting_tokenizer(cfg))
+        tags["orchestrator.dataset_hash"] = manifest["dataset_hash"]
+        return dataset_dir, manifest
 
-    algorithm = "grpo"
+    def worker_options(self, cfg: RLStageConfig) -> dict[str, Any]:
+        sections = ("rl", "reward", "kl", cfg.algorithm)
+        return {section: dataclasses.asdict(getattr(cfg, section)) for section in sections}
 
-    @property
-    def group_size(self) -> int:
-        return self.grpo.group_size
+    @contextlib.contextmanager
+    def roles(self, cfg: RLStageConfig) -> Iterator[dict[str, Any]]:
+        print(f"{self.name}: {ray_runtime.connect()}", flush=True)
+        roles = start_roles(cfg, starting_tokenizer(cfg))
+        try:
+            yield {"actors": roles}
+        finally:
+            stop_roles(roles)
 
-    def algorithm_options(self) -> dict[str, Any]:
-        return {"grpo": dataclasses.asdict(self.grpo)}
+    def check_result(self, cfg: RLStageConfig, result: Any) -> None:
+        stop = cfg.run.run_dir() / STOP_FILE
+        if stop.exists():
+            kept = result.checkpoint.path if result.checkpoint is not None else "none written yet"
+            raise UserInputError(f"{json.loads(stop.read_text())['reason']}; last checkpoint kept: {kept}")
 
-
-TREES = {"ppo": PPOStageConfig, "grpo": GRPOStageConfig}
-
-
-# ---------------------------------------------------------------------------
-# The starting policy and the reward model, resolved before anything starts
-# ---------------------------------------------------------------------------
-
-
-def resolve_rl_models(cfg: RLStageConfig) -> None:
-    """The policy's shape from the starting checkpoint (as the fine-tuning stages take it); the reward
-    model's checkpoint, refused unless it is a reward model with the policy's tokenizer."""
-    tokenizer_file = take_model_from_start(cfg)
-    if cfg.reward.model:
-        cfg.reward.model = check_reward_model(cfg.reward.model, Tokenizer.load(tokenizer_file).sha256)
+    def after_training(
+        self, cfg: RLStageConfig, final: dict[str, Any], recorder: Any, roles: dict[str, Any]
+    ) -> dict[str, float]:
+        return evaluate_heldout(cfg, final["checkpoint"], roles["actors"], recorder)
 
 
 def check_reward_model(value: str, policy_tokenizer_sha256: str) -> str:
@@ -166,23 +178,6 @@ def check_reward_model(value: str, policy_tokenizer_sha256: str) -> str:
             f"policy's model.init_from (sha256 {policy_tokenizer_sha256[:12]}...)"
         )
     return str(checkpoint)
-
-
-def parse_rl_cli(algorithm: str, argv: list[str] | None) -> RLStageConfig:
-    return parse_tree(
-        TREES[algorithm],
-        argv,
-        f"orchestrator.{algorithm}",
-        SUMMARIES[algorithm],
-        default_recipe="tiny",
-        resolve=resolve_rl_models,
-        recipe_dir=RECIPE_DIR / algorithm,
-    )
-
-
-# ---------------------------------------------------------------------------
-# The roles (Ray actors), started before the fit
-# ---------------------------------------------------------------------------
 
 
 def start_roles(cfg: RLStageConfig, tokenizer: Tokenizer) -> dict[str, Any]:
@@ -216,85 +211,6 @@ def start_roles(cfg: RLStageConfig, tokenizer: Tokenizer) -> dict[str, Any]:
 def stop_roles(roles: dict[str, Any]) -> None:
     for handle in [roles["scorer"], *roles["rollout"]]:
         ray.kill(handle)
-
-
-# ---------------------------------------------------------------------------
-# Running a stage
-# ---------------------------------------------------------------------------
-
-
-def rl_identity(cfg: RLStageConfig) -> str:
-    """Hash of what determines the run's result (not cadence, resources or logging) and its inputs."""
-    identity = {
-        "stage": cfg.algorithm,
-        "model": dataclasses.asdict(cfg.model),  # init_from names the exact starting checkpoint
-        "data": {k: v for k, v in dataclasses.asdict(cfg.data).items() if k != "dataset_dir"},
-        "train": {k: v for k, v in dataclasses.asdict(cfg.train).items() if k not in CADENCE_FIELDS},
-        "deepspeed": dataclasses.asdict(cfg.deepspeed),
-        "rl": {k: v for k, v in dataclasses.asdict(cfg.rl).items() if k not in ("actor_cpus", "samples_per_iteration")},
-        "reward": dataclasses.asdict(cfg.reward),
-        "kl": dataclasses.asdict(cfg.kl),
-        **cfg.algorithm_options(),
-    }
-    if cfg.data.train_file != BUILTIN:
-        identity["train_file_sha256"] = hashlib.sha256(Path(cfg.data.train_file).read_bytes()).hexdigest()
-    return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
-
-
-def run_rl(cfg: RLStageConfig, parent_run_id: str = "") -> dict[str, Any]:
-    """Run (or resume) one PPO or GRPO run; returns the final metrics (and `checkpoint`)."""
-    algorithm = cfg.algorithm
-    _, tokenizer_file = starting_model(cfg.model.init_from)
-    tokenizer = Tokenizer.load(tokenizer_file)
-    if cfg.model.vocab_size < tokenizer.vocab_size:
-        raise UserInputError(
-            f"model.vocab_size={cfg.model.vocab_size} is smaller than the tokenizer's ({tokenizer.vocab_size})"
-        )
-    print(f"{algorithm}: {ray_runtime.connect()}", flush=True)
-    roles = start_roles(cfg, tokenizer)
-    run_dir = cfg.run.run_dir()
-
-    def prepare() -> tuple[Path, dict[str, Any]]:
-        (run_dir / STOP_FILE).unlink(missing_ok=True)  # a reason recorded by an earlier submission
-        if not (run_dir / "train").exists():
-            (run_dir / SAMPLES_FILE).unlink(missing_ok=True)  # a fresh start keeps no earlier run's samples
-        dataset_dir, manifest = prepare_prompts(cfg, tokenizer)
-        tags["orchestrator.dataset_hash"] = manifest["dataset_hash"]
-        return dataset_dir, manifest
-
-    def check_result(result) -> None:
-        stop = run_dir / STOP_FILE
-        if stop.exists():
-            kept = result.checkpoint.path if result.checkpoint is not None else "none written yet"
-            raise UserInputError(f"{json.loads(stop.read_text())['reason']}; last checkpoint kept: {kept}")
-
-    tags = {**lineage_tags(cfg, tokenizer, parent_run_id), "orchestrator.reward": cfg.reward.source}
-    options = {
-        "rl": dataclasses.asdict(cfg.rl),
-        "reward": dataclasses.asdict(cfg.reward),
-        "kl": dataclasses.asdict(cfg.kl),
-        **cfg.algorithm_options(),
-        "actors": roles,
-    }
-    try:
-        return train_on_ray(
-            cfg,
-            Launch(
-                stage=algorithm,
-                identity=rl_identity(cfg),
-                global_batch=cfg.rl.minibatch_size,
-                prepare=prepare,
-                shuffle_seed=cfg.data.shuffle_seed,
-                options=options,
-                tags=tags,
-                after_training=lambda final, recorder: evaluate_heldout(cfg, final["checkpoint"], roles, recorder),
-                allow_global_batch_change=cfg.run.allow_global_batch_change,
-                train_loop=learner_worker,
-                check_result=check_result,
-            ),
-        )
-    finally:
-        stop_roles(roles)
 
 
 def evaluate_heldout(cfg: RLStageConfig, checkpoint: str, roles: dict[str, Any], recorder) -> dict[str, float]:

@@ -94,7 +94,19 @@ def take_model_from_start(cfg) -> Path:
     return tokenizer_file
 
 
+def starting_tokenizer(cfg) -> Tokenizer:
+    """The starting model's tokenizer, checked to fit the stage tree's model (resolved by take_model_from_start)."""
+    _, tokenizer_file = starting_model(cfg.model.init_from)
+    tokenizer = Tokenizer.load(tokenizer_file)
+    if cfg.model.vocab_size < tokenizer.vocab_size:
+        raise UserInputError(
+            f"model.vocab_size={cfg.model.vocab_size} is smaller than the tokenizer's ({tokenizer.vocab_size})"
+        )
+    return tokenizer
+
+
 def lineage_tags(cfg, tokenizer: Tokenizer, parent_run_id: str) -> dict[str, str]:
+    """MLflow tags naming what the stage starts from: its checkpoint, that checkpoint's run, the tokenizer."""
     tags = {"orchestrator.init_from": cfg.model.init_from, "orchestrator.tokenizer_sha256": tokenizer.sha256}
     if cfg.model.init_from.startswith("checkpoint:"):
         checkpoint = Path(cfg.model.init_from.removeprefix("checkpoint:"))

@@ -196,9 +196,9 @@ def test_rayjob_runs_pretrain_on_a_copy_of_the_raycluster():
 
     # The entrypoint's flags go through the real CLI parser (which imports
     # torch, hence here), and the config they make has to fit its pods.
-    from orchestrator.stages.pretrain import parse_cli
+    from orchestrator.stages.pretrain import PRETRAIN
 
-    cfg = parse_cli(command[3:])
+    cfg = PRETRAIN.parse(command[3:])
     workers = job["rayClusterSpec"]["workerGroupSpecs"]
     limits = [group["template"]["spec"]["containers"][0]["resources"]["limits"] for group in workers]
     assert cfg.scaling.use_gpu

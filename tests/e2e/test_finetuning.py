@@ -14,7 +14,7 @@ import sys
 import pytest
 from mlflow.tracking import MlflowClient
 
-from orchestrator.stages.finetuning import parse_stage_cli
+from orchestrator.stages.sft import SFT
 from tests.helpers import step_metrics, train_stage
 from workloads.errors import UserInputError
 
@@ -120,12 +120,10 @@ def test_bad_preference_records_stop_the_stage_before_anything_is_written(worksp
 
 def test_a_shape_field_that_disagrees_with_the_checkpoint_is_refused(workspace):
     with pytest.raises(UserInputError, match=r"model.d_model=128 disagrees with the starting checkpoint's 64"):
-        parse_stage_cli(
-            "sft", stage_args(workspace, f"--model.init_from={workspace['pretrained']}", "--model.d_model=128")
-        )
+        SFT.parse(stage_args(workspace, f"--model.init_from={workspace['pretrained']}", "--model.d_model=128"))
     assert (
-        parse_stage_cli(
-            "sft", stage_args(workspace, f"--model.init_from={workspace['pretrained']}", "--model.d_model=64")
+        SFT.parse(
+            stage_args(workspace, f"--model.init_from={workspace['pretrained']}", "--model.d_model=64")
         ).model.d_model
         == 64
     )
@@ -170,11 +168,7 @@ def manifest_sha(dataset) -> str:
 
 def test_an_mlflow_run_id_names_that_runs_final_checkpoint(workspace, tiny_run):
     run_id = json.loads((tiny_run["run_dir"] / "run.json").read_text())["mlflow_run_id"]
-    cfg = parse_stage_cli(
-        "sft", ["--config", "tiny", f"--model.init_from={run_id}", f"--tracking.uri={tiny_run['tracking_uri']}"]
-    )
+    cfg = SFT.parse(["--config", "tiny", f"--model.init_from={run_id}", f"--tracking.uri={tiny_run['tracking_uri']}"])
     assert cfg.model.init_from == f"checkpoint:{tiny_run['checkpoint'].resolve()}"
     with pytest.raises(UserInputError, match=f"model.init_from: MLflow run {'0' * 32} not found"):
-        parse_stage_cli(
-            "sft", ["--config", "tiny", f"--model.init_from={'0' * 32}", f"--tracking.uri={tiny_run['tracking_uri']}"]
-        )
+        SFT.parse(["--config", "tiny", f"--model.init_from={'0' * 32}", f"--tracking.uri={tiny_run['tracking_uri']}"])

@@ -10,7 +10,7 @@ import pytest
 import torch
 import transformers
 
-from orchestrator.stages.pretrain import parse_cli
+from orchestrator.stages.pretrain import PRETRAIN
 from tests.helpers import run_tiny, step_metrics
 from workloads.checkpoints.loading import load_checkpoint
 from workloads.data.loader import PackedDataset
@@ -47,7 +47,7 @@ def llama_dir(tiny_dataset, tmp_path_factory):
 
 def test_the_imported_config_sets_shape_and_tokenizer(llama_dir, tiny_dataset):
     directory, _ = llama_dir
-    cfg = parse_cli(
+    cfg = PRETRAIN.parse(
         [
             "--config",
             "tiny",

@@ -21,7 +21,8 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from orchestrator.stages.rl import ROLLOUT_ACTOR_NAME, parse_rl_cli, run_rl
+from orchestrator.stages.registry import DRIVERS
+from orchestrator.stages.rl import ROLLOUT_ACTOR_NAME
 from tests.helpers import BAD_REWARDS, ensure_local_ray, step_metrics
 from workloads.errors import UserInputError
 
@@ -60,8 +61,8 @@ def rl_args(workspace, sft, *overrides: str) -> list[str]:
 def run(algorithm: str, workspace, sft, *overrides: str):
     """(config, final metrics) of a real run."""
     ensure_local_ray()
-    cfg = parse_rl_cli(algorithm, rl_args(workspace, sft, *overrides))
-    return cfg, run_rl(cfg)
+    cfg = DRIVERS[algorithm].parse(rl_args(workspace, sft, *overrides))
+    return cfg, DRIVERS[algorithm].run(cfg)
 
 
 def curve(run_dir, key: str) -> list[float]:
@@ -160,7 +161,7 @@ def test_ppo_with_the_reward_model_raises_the_property_rate_by_20_points(workspa
 )
 def test_bad_configs_are_refused_with_one_line(workspace, sft, overrides, message):
     with pytest.raises(UserInputError, match="^" + message.replace(".", r"\.").replace("(", r"\(")):
-        parse_rl_cli("grpo", rl_args(workspace, sft, *overrides))
+        DRIVERS["grpo"].parse(rl_args(workspace, sft, *overrides))
 
 
 def test_a_reward_model_with_another_tokenizer_is_refused(workspace, sft, reward_model, tmp_path):
@@ -175,7 +176,7 @@ def test_a_reward_model_with_another_tokenizer_is_refused(workspace, sft, reward
     (foreign / "model.json").write_text(json.dumps(description))
     policy_sha = json.loads((Path(sft["checkpoint"]) / "model.json").read_text())["tokenizer"]["sha256"]
     with pytest.raises(UserInputError) as refused:
-        parse_rl_cli("ppo", rl_args(workspace, sft, f"--reward.model={foreign}"))
+        DRIVERS["ppo"].parse(rl_args(workspace, sft, f"--reward.model={foreign}"))
     assert str(refused.value) == (
         f"reward.model: {foreign.resolve()} uses another tokenizer (sha256 ffffffffffff...) than "
         f"the policy's model.init_from (sha256 {policy_sha[:12]}...)"

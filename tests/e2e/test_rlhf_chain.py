@@ -4,12 +4,17 @@ re-runs what changed (with every stage after it), each stage a nested MLflow chi
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 from mlflow.tracking import MlflowClient
 
+from orchestrator.config.parser import RECIPE_DIR
 from orchestrator.stages.chain import parse_cli, run_chain
+from orchestrator.stages.registry import DRIVERS
+from orchestrator.stages.sft import SFTDriver
 from tests.helpers import step_metrics
+from workloads.checkpoints.loading import read_description
 
 pytestmark = pytest.mark.slow
 
@@ -70,15 +75,54 @@ def test_the_chain_skips_resumes_and_reruns(tiny_dataset, tmp_path, ray_local):
 
 
 def test_ppo_in_the_chain_scores_with_the_chains_reward_model_unless_told_otherwise(tmp_path):
-    from orchestrator.stages.chain import stage_argv
+    from orchestrator.stages.chain import stage_overrides
 
     cfg = parse_cli(["--config", "tiny", f"--run.output_dir={tmp_path}"])
     assert cfg.chain.stages == ["pretrain", "sft", "reward", "dpo", "ppo", "grpo"]
-    argv = stage_argv(cfg, "ppo", "ppo-1", "SFT-CHECKPOINT", "sqlite:///x.db", reward_model="RM-CHECKPOINT")
-    assert "--reward.model=RM-CHECKPOINT" in argv and argv[-1] == "--model.init_from=SFT-CHECKPOINT"
+    finished = {"sft": {"checkpoint": "SFT-CHECKPOINT"}, "reward": {"checkpoint": "RM-CHECKPOINT"}}
+    overrides = stage_overrides(cfg, "ppo", "ppo-1", finished, "sqlite:///x.db")
+    assert overrides["reward.model"] == "RM-CHECKPOINT" and list(overrides)[-1] == "model.init_from"
+    assert overrides["model.init_from"] == "SFT-CHECKPOINT"
     cfg.chain.ppo = {"config": "tiny", "overrides": {"reward.function": "workloads.task:property_reward"}}
-    argv = stage_argv(cfg, "ppo", "ppo-1", "SFT-CHECKPOINT", "sqlite:///x.db", reward_model="RM-CHECKPOINT")
-    assert not any(a.startswith("--reward.model=") for a in argv)
-    assert "--reward.function=workloads.task:property_reward" in argv
-    grpo = stage_argv(cfg, "grpo", "grpo-1", "SFT-CHECKPOINT", "sqlite:///x.db", reward_model="RM-CHECKPOINT")
-    assert not any(a.startswith("--reward.") for a in grpo)  # its recipe's rule reward
+    overrides = stage_overrides(cfg, "ppo", "ppo-1", finished, "sqlite:///x.db")
+    assert "reward.model" not in overrides
+    assert overrides["reward.function"] == "workloads.task:property_reward"
+    grpo = stage_overrides(cfg, "grpo", "grpo-1", finished, "sqlite:///x.db")
+    assert not any(key.startswith("reward.") for key in grpo)  # its recipe's rule reward
+
+
+class EchoDriver(SFTDriver):
+    """A stage the registry does not ship, added by this test: SFT's workers and recipes under a name of its own."""
+
+    name = "echo"
+    summary = "SFT once more, as a stage of its own."
+    worker_stage = "sft"
+    starts_from = "pretrain"
+
+    @property
+    def recipe_dir(self) -> Path:
+        return RECIPE_DIR / "sft"
+
+
+def test_a_stage_added_to_the_registry_runs_in_a_chain(tiny_dataset, tmp_path, ray_local):
+    drivers = {**DRIVERS, "echo": EchoDriver()}  # the new stage's one registry line
+    argv = [
+        "--config",
+        "tiny",
+        f"--run.output_dir={tmp_path / 'runs'}",
+        f"--tracking.uri=sqlite:///{tmp_path / 'mlflow.db'}",
+        "--chain.stages=[pretrain, echo]",
+        f"--chain.pretrain={{config: tiny, overrides: {{data.corpus: {tiny_dataset}, train.max_steps: 2, "
+        "train.eval_interval: 2}}",
+        "--chain.echo={config: tiny, overrides: {train.max_steps: 2, train.eval_interval: 2, samples.prompts: 4}}",
+    ]
+    first = run_chain(parse_cli(argv, drivers))
+    assert [first[s]["skipped"] for s in ("pretrain", "echo")] == [False, False]
+    assert first["echo"]["run_name"].startswith("echo-")
+    echo_dir = tmp_path / "runs" / first["echo"]["run_name"]
+    assert sorted(step_metrics(echo_dir)) == [1, 2]
+    assert read_description(Path(first["echo"]["checkpoint"]))["model"]["init_from"] == (
+        f"checkpoint:{Path(first['pretrain']['checkpoint']).resolve()}"
+    )
+    second = run_chain(parse_cli(argv, drivers))
+    assert all(result["skipped"] for result in second.values())

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from orchestrator.stages.pretrain import parse_cli
+from orchestrator.stages.pretrain import PRETRAIN
 from tests.helpers import write_random_dataset
 from workloads.reference_loop import bare_loop, steady_tokens_per_s, train_steps_on_device
 
@@ -20,7 +20,7 @@ def dataset_dir(tmp_path):
 
 
 def test_bare_loop_trains_and_times_every_step(dataset_dir):
-    cfg = parse_cli(["--config", "tiny", "--train.grad_accum_steps=2"])
+    cfg = PRETRAIN.parse(["--config", "tiny", "--train.grad_accum_steps=2"])
     threads = torch.get_num_threads()
     stamps = bare_loop(cfg.model, cfg.train, dataset_dir, steps=4, threads=1)
     assert len(stamps) == 5 and all(b > a for a, b in zip(stamps, stamps[1:]))
@@ -31,7 +31,7 @@ def test_bare_loop_trains_and_times_every_step(dataset_dir):
 
 def test_device_steps_report_throughput_and_mfu():
     # The --gpu measurement, run on the CPU with the tiny recipe: same code but CUDA calls.
-    cfg = parse_cli(["--config", "tiny", "--train.grad_accum_steps=1"])
+    cfg = PRETRAIN.parse(["--config", "tiny", "--train.grad_accum_steps=1"])
     result = train_steps_on_device(cfg.model, cfg.train, cfg.data.seq_len, "cpu", steps=2, warmup=1)
     assert result["tokens_per_s"] > 0 and result["mfu"] > 0
     assert np.isfinite(result["final_loss"])

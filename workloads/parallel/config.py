@@ -33,14 +33,17 @@ class ParallelConfig:
         False, "compile each transformer block with torch.compile, after activation checkpointing (slower first steps)"
     )
 
-    def validate(self, num_workers: int, zero_stage: int, n_layers: int) -> None:
-        stages = self.pipeline_stages
-        if stages < 1:
-            raise UserInputError(f"parallel.pipeline_stages: must be >= 1, got {stages}")
+    def validate(self) -> None:
+        if self.pipeline_stages < 1:
+            raise UserInputError(f"parallel.pipeline_stages: must be >= 1, got {self.pipeline_stages}")
         if self.partition_method not in PARTITION_METHODS:
             raise UserInputError(
                 f"parallel.partition_method: '{self.partition_method}' is not one of {' | '.join(PARTITION_METHODS)}"
             )
+
+    def check_layout(self, num_workers: int, zero_stage: int, n_layers: int) -> None:
+        """The stages against the workers, the ZeRO stage and the layers they cut (a tree's cross-section check)."""
+        stages = self.pipeline_stages
         if num_workers % stages:
             raise UserInputError(f"parallel.pipeline_stages={stages} does not divide scaling.num_workers={num_workers}")
         if n_layers < stages:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from orchestrator.benchmarks.quality import NANOGPT_FLOPS, split_bytes, steps_for_budget, training_flops
-from orchestrator.stages.pretrain import parse_cli
+from orchestrator.stages.pretrain import PRETRAIN
 from workloads.errors import UserInputError
 
 
@@ -36,7 +36,7 @@ def test_split_refuses_a_file_too_small(tmp_path):
 
 
 def test_flop_budget_gives_the_most_steps_that_fit():
-    cfg = parse_cli(["--config", "quality"])
+    cfg = PRETRAIN.parse(["--config", "quality"])
     steps = steps_for_budget(cfg, NANOGPT_FLOPS)
     assert training_flops(cfg, steps) <= NANOGPT_FLOPS < training_flops(cfg, steps + 1)
     assert steps == cfg.train.max_steps  # the recipe's own max_steps is the default budget's (see its header)

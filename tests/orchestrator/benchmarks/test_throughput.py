@@ -8,7 +8,7 @@ import pytest
 
 from orchestrator.benchmarks.harness import step_times_from_metrics, throughput_args
 from orchestrator.benchmarks.throughput import COMPILED, GPT2_LAYOUT, bare_loop_of
-from orchestrator.stages.pretrain import parse_cli
+from orchestrator.stages.pretrain import PRETRAIN
 from tests.helpers import write_random_dataset
 from workloads.reference_loop import steady_tokens_per_s
 
@@ -25,7 +25,7 @@ def test_gpt2_reference_is_the_throughput_recipe_in_gpt2s_layout_uncompiled(data
     from workloads.model import matmul_parameters
 
     args = [*throughput_args(dataset_dir, dataset_dir.parent, "bench", steps=5), *COMPILED]
-    ours, gpt2 = parse_cli(args), parse_cli([*args, *GPT2_LAYOUT])
+    ours, gpt2 = PRETRAIN.parse(args), PRETRAIN.parse([*args, *GPT2_LAYOUT])
     # The real path and its own bare loop compile the blocks; nanoGPT's reference runs eager.
     assert (ours.parallel.compile_blocks, gpt2.parallel.compile_blocks) == (True, False)
     layout = ("mlp", "norm", "position", "attention_mask")
@@ -34,7 +34,7 @@ def test_gpt2_reference_is_the_throughput_recipe_in_gpt2s_layout_uncompiled(data
     assert [getattr(gpt2.model, name) for name in shape] == [getattr(ours.model, name) for name in shape]
     assert (gpt2.train, gpt2.data) == (ours.train, ours.data)
     assert matmul_parameters(gpt2.model) == matmul_parameters(ours.model)  # GELU's 4 x d_model = SwiGLU's 3 matrices
-    stamps = bare_loop_of(parse_cli(["--config", "tiny", *GPT2_LAYOUT]), dataset_dir, steps=2, threads=1)
+    stamps = bare_loop_of(PRETRAIN.parse(["--config", "tiny", *GPT2_LAYOUT]), dataset_dir, steps=2, threads=1)
     assert len(stamps) == 3
 
 

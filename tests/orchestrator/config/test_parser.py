@@ -8,19 +8,19 @@ import sys
 import pytest
 
 from orchestrator.config.parser import recipe_names
-from orchestrator.stages.pretrain import parse_cli
+from orchestrator.stages.pretrain import PRETRAIN
 from workloads.errors import UserInputError
 
 
 @pytest.mark.parametrize("name", recipe_names())
 def test_every_shipped_recipe_loads_and_validates(name):
-    cfg = parse_cli(["--config", name])
+    cfg = PRETRAIN.parse(["--config", name])
     assert cfg.train.max_steps >= 1
     assert cfg.run.name
 
 
 def test_required_keys_exist_with_their_names():
-    cfg = parse_cli(
+    cfg = PRETRAIN.parse(
         [
             "--data.corpus=/tmp/x.txt",
             "--train.max_steps=7",
@@ -41,7 +41,7 @@ def test_required_keys_exist_with_their_names():
 
 
 def test_overrides_keep_field_types_and_beat_the_recipe():
-    cfg = parse_cli(
+    cfg = PRETRAIN.parse(
         ["--config", "tiny", "--train.lr", "3e-4", "--scaling.cpus_per_worker=0.5", "--deepspeed.extra={a: 1}"]
     )
     assert cfg.train.lr == pytest.approx(3e-4) and isinstance(cfg.train.lr, float)
@@ -70,7 +70,7 @@ def test_overrides_keep_field_types_and_beat_the_recipe():
 )
 def test_bad_config_fails_with_one_line_naming_the_key(args, message):
     with pytest.raises(UserInputError) as caught:
-        parse_cli(args)
+        PRETRAIN.parse(args)
     assert message in str(caught.value)
     assert "\n" not in str(caught.value)
 
@@ -79,12 +79,12 @@ def test_wrong_type_in_a_recipe_file_names_the_key(tmp_path):
     recipe = tmp_path / "bad.yaml"
     recipe.write_text("train:\n  max_steps: [1, 2]\n")
     with pytest.raises(UserInputError, match=r"train.max_steps: expected int, got \[1, 2\]"):
-        parse_cli(["--config", str(recipe)])
+        PRETRAIN.parse(["--config", str(recipe)])
 
 
 def test_help_prints_every_field_with_its_doc(capsys):
     with pytest.raises(SystemExit) as exit_info:
-        parse_cli(["--help"])
+        PRETRAIN.parse(["--help"])
     assert exit_info.value.code == 0
     text = capsys.readouterr().out
     assert "--deepspeed.zero_stage=1 (int)  ZeRO stage" in text

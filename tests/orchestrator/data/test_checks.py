@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from orchestrator.data import checks as dataset_checks
-from orchestrator.stages.pretrain import parse_cli as parse_pretrain
+from orchestrator.stages.pretrain import PRETRAIN
 from workloads.data import shards as shards_module
 from workloads.errors import UserInputError
 
@@ -19,7 +19,7 @@ def test_launch_checks_hash_each_shard_once_and_again_only_when_it_changed(tiny_
     dataset = tmp_path / tiny_dataset.name
     shutil.copytree(tiny_dataset, dataset)
     (dataset / dataset_checks.VERIFIED_FILE).unlink(missing_ok=True)
-    cfg = parse_pretrain(["--config", "tiny", f"--data.corpus={dataset}"])
+    cfg = PRETRAIN.parse(["--config", "tiny", f"--data.corpus={dataset}"])
     hashed = []
     real_sha256 = shards_module.file_sha256  # what every shard check hashes with: count its calls
     monkeypatch.setattr(shards_module, "file_sha256", lambda path: hashed.append(Path(path).name) or real_sha256(path))

@@ -8,7 +8,7 @@ import math
 from orchestrator.scaling_laws.family import size_for
 from orchestrator.scaling_laws.grid import GRID, LR_SEARCH, decay_start, design
 from orchestrator.scaling_laws.sweep import base_config, parse_cli
-from orchestrator.stages.pretrain import parse_cli as parse_pretrain
+from orchestrator.stages.pretrain import PRETRAIN
 from workloads.model import count_parameters, training_flops_per_token
 
 TRAIN_TOKENS = 300_000
@@ -70,7 +70,7 @@ def test_learning_rate_search_runs_first_and_hands_over_its_best_trial():
 def test_explicit_grid_and_family_shapes():
     tree, d = tiny_design("--sweep.grid=[[4000, 2.0e5], [16000, 1.0e5], [30000, 5.0e4]]", "--sweep.schedule=cosine")
     assert [(s.size.N, s.D) for s in d.specs] == [(4144, 200192), (16480, 99840), (27792, 50176)]
-    base = parse_pretrain(["--config", "tiny"]).model
+    base = PRETRAIN.parse(["--config", "tiny"]).model
     for target in (2e3, 3e4, 1e6, 1e8):
         size = size_for(target, base, tree.family)
         assert size.model.d_model % tree.family.head_dim == 0 and size.model.n_heads * 8 == size.model.d_model

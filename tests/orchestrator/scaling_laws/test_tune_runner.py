@@ -6,10 +6,12 @@ import json
 
 import pytest
 
+from orchestrator.config.parser import to_dict
 from orchestrator.scaling_laws.grid import design
 from orchestrator.scaling_laws.sweep import base_config, parse_cli
 from orchestrator.scaling_laws.trial_records import CRASHED, DIVERGED, OK, read_record, write_record
 from orchestrator.scaling_laws.tune_runner import SKIP, Plan, run_trials
+from orchestrator.stages.pretrain import PRETRAIN
 
 
 @pytest.mark.slow
@@ -33,7 +35,7 @@ def test_a_crashed_trial_is_recorded_and_the_next_one_trains(tiny_dataset, tmp_p
             argv.append(f"--run.branch_from={tmp_path / 'no-such-checkpoint'}")
         return {
             "name": spec.name,
-            "argv": argv,
+            "pretrain": to_dict(PRETRAIN.parse(argv)),
             "run_dir": str(tmp_path / spec.name),
             "tags": {},
             "record": spec.describe(),

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from orchestrator.stages.pretrain import parse_cli
+from orchestrator.stages.pretrain import PRETRAIN
 from workloads.errors import UserInputError
 
 
@@ -37,33 +37,37 @@ from workloads.errors import UserInputError
 )
 def test_bad_parallel_layout_fails_with_one_line_naming_the_numbers(args, message):
     with pytest.raises(UserInputError) as caught:
-        parse_cli(["--config", "tiny", *args])
+        PRETRAIN.parse(["--config", "tiny", *args])
     assert message in str(caught.value)
     assert "\n" not in str(caught.value)
 
 
 def test_pipeline_stages_divide_the_workers_into_data_parallel_pipelines():
-    cfg = parse_cli(
+    cfg = PRETRAIN.parse(
         ["--config", "tiny", "--scaling.num_workers=4", "--parallel.pipeline_stages=2", "--train.grad_accum_steps=1"]
     )
     assert cfg.data_parallel_degree() == 2
     assert cfg.train.resolved_global_batch(cfg.data_parallel_degree()) == 8  # 4 per micro-batch x 2 pipelines
-    plain = parse_cli(["--config", "tiny", "--scaling.num_workers=4"])
+    plain = PRETRAIN.parse(["--config", "tiny", "--scaling.num_workers=4"])
     assert plain.data_parallel_degree() == 4
     # ZeRO 2/3 stay allowed without pipelines.
     assert (
-        parse_cli(["--config", "tiny", "--scaling.num_workers=2", "--deepspeed.zero_stage=3"]).parallel.pipeline_stages
+        PRETRAIN.parse(
+            ["--config", "tiny", "--scaling.num_workers=2", "--deepspeed.zero_stage=3"]
+        ).parallel.pipeline_stages
         == 1
     )
 
 
 def test_parallel_section_is_part_of_the_training_identity():
-    one = parse_cli(["--config", "tiny", "--scaling.num_workers=2"])
-    two = parse_cli(["--config", "tiny", "--scaling.num_workers=2", "--parallel.pipeline_stages=2"])
-    assert one.training_identity() != two.training_identity()
-    recomputing = parse_cli(["--config", "tiny", "--scaling.num_workers=2", "--parallel.activation_checkpointing=true"])
-    assert recomputing.training_identity() == one.training_identity()  # same numbers: may change on a resume
-    compiled = parse_cli(["--config", "tiny", "--scaling.num_workers=2", "--parallel.compile_blocks=true"])
-    assert compiled.training_identity() == one.training_identity()
-    across_documents = parse_cli(["--config", "tiny", "--scaling.num_workers=2", "--model.attention_mask=causal"])
-    assert across_documents.training_identity() != one.training_identity()  # another loss curve
+    one = PRETRAIN.parse(["--config", "tiny", "--scaling.num_workers=2"])
+    two = PRETRAIN.parse(["--config", "tiny", "--scaling.num_workers=2", "--parallel.pipeline_stages=2"])
+    assert PRETRAIN.identity(one) != PRETRAIN.identity(two)
+    recomputing = PRETRAIN.parse(
+        ["--config", "tiny", "--scaling.num_workers=2", "--parallel.activation_checkpointing=true"]
+    )
+    assert PRETRAIN.identity(recomputing) == PRETRAIN.identity(one)  # same numbers: may change on a resume
+    compiled = PRETRAIN.parse(["--config", "tiny", "--scaling.num_workers=2", "--parallel.compile_blocks=true"])
+    assert PRETRAIN.identity(compiled) == PRETRAIN.identity(one)
+    across_documents = PRETRAIN.parse(["--config", "tiny", "--scaling.num_workers=2", "--model.attention_mask=causal"])
+    assert PRETRAIN.identity(across_documents) != PRETRAIN.identity(one)  # another loss curve
