@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Sequence
-from pathlib import Path
 
 from orchestrator.config.parser import parse_tree
+from orchestrator.config.sections import dataset_root
 from orchestrator.data.checks import verify_dataset
 from orchestrator.data.pretraining import prepare_dataset
 from orchestrator.stages.pretrain import PretrainConfig, resolve_model_source
@@ -39,7 +39,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             default_recipe="default",
             resolve=resolve_model_source,
         )
-        root = Path(cfg.data.dataset_dir or Path(cfg.run.output_dir) / "datasets")
+        root = dataset_root(cfg.run.output_dir, cfg.data.dataset_dir)
         dataset_dir = prepare_dataset(cfg.data, cfg.tokenizer, root, refresh_digests=verify)
         if verify:
             verify_dataset(dataset_dir)

@@ -128,20 +128,18 @@ def start_mlflow_server(root: Path, port: int) -> subprocess.Popen:
         time.sleep(0.5)
 
 
+def stage_args(home: dict, *overrides: str) -> list[str]:
+    """A stage's tiny recipe in `home` (alignment_home: its runs and tracking store), with `overrides`."""
+    return ["--config", "tiny", f"--run.output_dir={home['runs']}", f"--tracking.uri={home['uri']}", *overrides]
+
+
 def train_stage(stage: str, home: dict, start, *overrides: str) -> dict:
     """One fine-tuning stage's tiny recipe, run in `home` from `start`; its final metrics."""
     # The registry imports the RL stages and so Ray: conftest imports this module where Ray is absent (the GPU check).
     from orchestrator.stages.registry import DRIVERS
 
     ensure_local_ray()
-    argv = [
-        "--config",
-        "tiny",
-        f"--run.output_dir={home['runs']}",
-        f"--tracking.uri={home['uri']}",
-        f"--model.init_from={start}",
-        *overrides,
-    ]
+    argv = stage_args(home, f"--model.init_from={start}", *overrides)
     driver = DRIVERS[stage]
     return driver.run(driver.parse(argv))
 

@@ -1,13 +1,6 @@
-"""The report of a sweep directory: its trials fitted, the law's report written, the sweep's own sections appended.
-
-Reads SWEEP/trials.json, a JSON list of trial records (the fields of
-`orchestrator.scaling_laws.points.Trial`; failed trials included), and SWEEP/verify.json
-when there is one (a single trial record: a run trained at a recommended size).
-Fits both scaling laws to the successful trials and writes SWEEP/report/:
-report.md with its PNG plots, report.html (self-contained) and points.csv (the
-fitted points, for `python -m orchestrator.scaling fit`). When SWEEP/sweep.json
-is there (written by `orchestrator.sweep`), the sweep's own sections follow
-(`sweep_summary`). The command is `python -m orchestrator.report`.
+"""The report of a sweep directory (`python -m orchestrator.report`, whose docstring says what it reads and
+writes): its trials fitted, the law's report written (`report`), the sweep's own sections appended
+(`sweep_summary`); and a sweep fetched from its MLflow parent run.
 """
 
 from __future__ import annotations

@@ -15,7 +15,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from orchestrator.stages.sft import SFT
-from tests.helpers import step_metrics, train_stage
+from tests.helpers import stage_args, step_metrics, train_stage
 from workloads.errors import UserInputError
 
 pytestmark = pytest.mark.slow
@@ -24,16 +24,6 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def workspace(alignment_home):
     return alignment_home
-
-
-def stage_args(workspace, *overrides: str) -> list[str]:
-    return [
-        "--config",
-        "tiny",
-        f"--run.output_dir={workspace['runs']}",
-        f"--tracking.uri={workspace['uri']}",
-        *overrides,
-    ]
 
 
 def train(stage: str, workspace, start, *overrides: str) -> dict:

@@ -23,7 +23,7 @@ from mlflow.tracking import MlflowClient
 
 from orchestrator.stages.registry import DRIVERS
 from orchestrator.stages.rl import ROLLOUT_ACTOR_NAME
-from tests.helpers import BAD_REWARDS, ensure_local_ray, step_metrics
+from tests.helpers import BAD_REWARDS, ensure_local_ray, stage_args, step_metrics
 from workloads.errors import UserInputError
 
 pytestmark = pytest.mark.slow
@@ -42,16 +42,6 @@ def sft(tiny_sft):
 @pytest.fixture(scope="module")
 def reward_model(tiny_reward_model):
     return tiny_reward_model
-
-
-def stage_args(workspace, *overrides: str) -> list[str]:
-    return [
-        "--config",
-        "tiny",
-        f"--run.output_dir={workspace['runs']}",
-        f"--tracking.uri={workspace['uri']}",
-        *overrides,
-    ]
 
 
 def rl_args(workspace, sft, *overrides: str) -> list[str]:

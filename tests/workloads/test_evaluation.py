@@ -7,23 +7,12 @@ import pytest
 import torch
 import torch._dynamo
 
+from tests.workloads.tiny_models import VOCAB, tiny_model
+from tests.workloads.tiny_models import tokens as sample_tokens
 from workloads.evaluation import evaluate
-from workloads.model import ATTENTION_MASKS, GPT, ModelConfig
+from workloads.model import ATTENTION_MASKS
 
-VOCAB, T = 61, 16
-
-
-def tiny(**overrides) -> ModelConfig:
-    return ModelConfig(**{**dict(vocab_size=VOCAB, d_model=32, n_layers=2, n_heads=4, max_seq_len=24), **overrides})
-
-
-def tiny_model(**overrides) -> GPT:
-    torch.manual_seed(0)
-    return GPT(tiny(**overrides))
-
-
-def sample_tokens(shape) -> torch.Tensor:
-    return torch.randint(0, VOCAB, shape, generator=torch.Generator().manual_seed(1))
+T = 16
 
 
 class PackedSamples:

@@ -3,30 +3,13 @@
 import pytest
 import torch
 
+from tests.workloads.tiny_models import VOCAB, tiny_model, tokens
 from workloads.generation import Sampling, generate
 from workloads.model import (
     ATTENTION_MASKS,
-    GPT,
     POSITION_KINDS,
     KVCache,
-    ModelConfig,
 )
-
-VOCAB = 61
-
-
-def tiny(**overrides) -> ModelConfig:
-    fields = dict(vocab_size=VOCAB, d_model=32, n_layers=2, n_heads=4, max_seq_len=24)
-    return ModelConfig(**{**fields, **overrides})
-
-
-def tiny_model(seed: int = 0, **overrides) -> GPT:
-    torch.manual_seed(seed)
-    return GPT(tiny(**overrides)).eval()
-
-
-def tokens(shape, seed: int = 1) -> torch.Tensor:
-    return torch.randint(0, VOCAB, shape, generator=torch.Generator().manual_seed(seed))
 
 
 def assert_same(a: torch.Tensor, b: torch.Tensor) -> None:

@@ -10,6 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from tests.workloads.tiny_models import VOCAB, tiny, tiny_model, tokens
 from workloads.errors import UserInputError
 from workloads.model import (
     GPT,
@@ -28,9 +29,6 @@ from workloads.model import (
     training_flops_per_token,
 )
 
-VOCAB = 61
-
-
 # Three packed documents of lengths 5, 7 and 4.
 SEGMENTS = torch.tensor([[0] * 5 + [1] * 7 + [2] * 4] * 2)  # (B=2, T=16)
 
@@ -39,20 +37,6 @@ DOC1 = slice(5, 12)
 
 
 TWO_DOCUMENTS = torch.tensor([[0] * 6 + [1] * 10] * 2)  # (B=2, T=16)
-
-
-def tiny(**overrides) -> ModelConfig:
-    fields = dict(vocab_size=VOCAB, d_model=32, n_layers=2, n_heads=4, max_seq_len=24)
-    return ModelConfig(**{**fields, **overrides})
-
-
-def tiny_model(seed: int = 0, **overrides) -> GPT:
-    torch.manual_seed(seed)
-    return GPT(tiny(**overrides)).eval()
-
-
-def tokens(shape, seed: int = 1) -> torch.Tensor:
-    return torch.randint(0, VOCAB, shape, generator=torch.Generator().manual_seed(seed))
 
 
 def assert_same(a: torch.Tensor, b: torch.Tensor) -> None:

@@ -8,16 +8,14 @@ import pytest
 import torch
 import torch._dynamo
 
+from tests.workloads.tiny_models import VOCAB
+from tests.workloads.tiny_models import tokens as sample_tokens
 from workloads.model import GPT, ModelConfig
 
-VOCAB, T = 61, 16
+T = 16
 
 
 TWO_DOCUMENTS = torch.tensor([[0] * 6 + [1] * 10] * 2)  # (B=2, T)
-
-
-def sample_tokens(shape) -> torch.Tensor:
-    return torch.randint(0, VOCAB, shape, generator=torch.Generator().manual_seed(1))
 
 
 @pytest.mark.gpu

@@ -7,26 +7,14 @@ import torch
 import torch._dynamo
 from torch._dynamo.utils import counters
 
-from workloads.model import GPT, ModelConfig
+from tests.workloads.tiny_models import tiny_model
+from tests.workloads.tiny_models import tokens as sample_tokens
 from workloads.parallel.blocks import checkpoint_blocks, compile_blocks
 
-VOCAB, T = 61, 16
+T = 16
 
 
 TWO_DOCUMENTS = torch.tensor([[0] * 6 + [1] * 10] * 2)  # (B=2, T)
-
-
-def tiny(**overrides) -> ModelConfig:
-    return ModelConfig(**{**dict(vocab_size=VOCAB, d_model=32, n_layers=2, n_heads=4, max_seq_len=24), **overrides})
-
-
-def tiny_model(**overrides) -> GPT:
-    torch.manual_seed(0)
-    return GPT(tiny(**overrides))
-
-
-def sample_tokens(shape) -> torch.Tensor:
-    return torch.randint(0, VOCAB, shape, generator=torch.Generator().manual_seed(1))
 
 
 def relative_error(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -37,7 +25,7 @@ def relative_error(a: torch.Tensor, b: torch.Tensor) -> float:
 def test_compiled_blocks_train_like_eager_blocks(checkpointing):
     torch._dynamo.reset()  # compile afresh, so that the counter below sees this test's graphs
     counters.clear()
-    eager, compiled = tiny_model(), tiny_model()
+    eager, compiled = tiny_model().train(), tiny_model().train()
     if checkpointing:
         for model in (eager, compiled):
             checkpoint_blocks(model)

@@ -9,6 +9,7 @@ import pytest
 import torch
 import torch._dynamo
 
+from tests.workloads.tiny_models import tiny
 from workloads.evaluation import evaluate
 from workloads.model import ATTENTION_MASKS, GPT, ModelConfig
 from workloads.parallel.blocks import checkpoint_blocks
@@ -24,17 +25,13 @@ from workloads.parallel.pipeline import (
 from workloads.stages.pretrain import train_step
 from workloads.train_config import TrainConfig
 
-VOCAB, T = 61, 16
+T = 16
 
 
 TWO_DOCUMENTS = torch.tensor([[0] * 6 + [1] * 10] * 2)  # (B=2, T)
 
 
 ONE_DOCUMENT = torch.zeros_like(TWO_DOCUMENTS)
-
-
-def tiny(**overrides) -> ModelConfig:
-    return ModelConfig(**{**dict(vocab_size=VOCAB, d_model=32, n_layers=2, n_heads=4, max_seq_len=24), **overrides})
 
 
 @pytest.mark.parametrize("mask", ATTENTION_MASKS)
