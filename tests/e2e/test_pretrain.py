@@ -1,7 +1,9 @@
-"""Real pretrain jobs on a local Ray: halt and resume continues the same curve.
+"""Real pretrain jobs on a local Ray: checkpoints kept, the best one marked, halt and resume continues the same curve.
 
-Training under every layout (1 and 2 workers x ZeRO 0-3, pipeline stages) and the
-loss parity between layouts are in test_layout_parity.py, which trains each layout once.
+The uninterrupted run is conftest's tiny_run (checkpoints and evaluations every 4 steps, 2 kept); the
+halted and resubmitted one is conftest's tracked_run (halted at step 7, tracked by a real MLflow
+server, whose record test_tracking reads). Training under every layout (1 and 2 workers x ZeRO 0-3,
+pipeline stages) and the loss parity between layouts are in test_layout_parity.py.
 """
 
 from __future__ import annotations
@@ -10,39 +12,28 @@ import json
 
 import pytest
 
-from tests.helpers import run_tiny, step_metrics
+from tests.helpers import step_metrics
 
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(scope="module")
-def tracking_uri(tmp_path_factory) -> str:
-    return f"sqlite:///{tmp_path_factory.mktemp('mlflow') / 'mlflow.db'}"
-
-
-def test_resume_continues_the_same_loss_curve(tiny_dataset, tmp_path, tracking_uri, ray_local):
-    run_tiny(
-        tiny_dataset,
-        tmp_path,
-        tracking_uri,
-        "--run.name=straight",
-        "--train.checkpoint_interval=4",
-        "--train.eval_interval=4",
-        "--train.keep_checkpoints=2",
-    )
-    kept = sorted(p for p in (tmp_path / "straight" / "train").glob("checkpoint_*") if p.is_dir())
+def test_only_the_latest_checkpoints_are_kept_and_the_best_is_marked(tiny_run):
+    run_dir = tiny_run["run_dir"]
+    kept = sorted(p for p in (run_dir / "train").glob("checkpoint_*") if p.is_dir())
     assert [json.loads((c / "training_state.json").read_text())["step"] for c in kept] == [16, 20]
-    evaluated = step_metrics(tmp_path / "straight", "eval/loss")
+    evaluated = step_metrics(run_dir, "eval/loss")
+    assert sorted(evaluated) == [4, 8, 12, 16, 20]
     best_step = min(evaluated, key=evaluated.get)
-    best = tmp_path / "straight" / "best_checkpoint"
+    best = run_dir / "best_checkpoint"
     assert json.loads((best / "best.json").read_text())["eval_loss"] == evaluated[best_step]
     assert json.loads((best / "training_state.json").read_text())["step"] == best_step
     assert (best / f"step{best_step:08d}" / "mp_rank_00_model_states.pt").exists()
-    halted = run_tiny(tiny_dataset, tmp_path, tracking_uri, "--run.name=resumed", "--train.halt_at_step=7")
-    assert halted["step"] == 7
-    final = run_tiny(tiny_dataset, tmp_path, tracking_uri, "--run.name=resumed")
-    assert final["step"] == 20
-    straight, resumed = step_metrics(tmp_path / "straight"), step_metrics(tmp_path / "resumed")
+
+
+def test_resume_continues_the_same_loss_curve(tracked_run, tiny_run):
+    assert tracked_run["halted"]["step"] == 7
+    assert tracked_run["final"]["step"] == 20
+    straight, resumed = step_metrics(tiny_run["run_dir"]), step_metrics(tracked_run["run_dir"])
     assert sorted(resumed) == list(range(1, 21))
     for step in range(8, 21):
         assert resumed[step] == pytest.approx(straight[step], rel=1e-6, abs=0), f"step {step}"

@@ -3,7 +3,8 @@
 One sweep (the `tiny` sweep recipe on the prepared tiny dataset: 2 budgets x 3 sizes, WSD
 branches, then the verification run) is started with `python -m orchestrator.sweep`, its
 whole process group SIGKILLed once two trials are finished and another has a checkpoint,
-and started again with the same command. The tests read what that left behind.
+and started again with the same command, joined this time to the session's running cluster.
+The tests read what that left behind.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import yaml
 
 from orchestrator.scaling_laws.points import read_trials
 from orchestrator.scaling_laws.trial_records import OK, RECORD_FILE
+from tests.helpers import shared_env
 
 pytestmark = pytest.mark.slow
 
@@ -53,10 +55,9 @@ def sweep_command(dataset: Path, root: Path) -> list[str]:
     ]
 
 
-def launch(command: list[str], ray_tmp: str, log: Path) -> subprocess.Popen:
+def launch(command: list[str], env: dict[str, str], log: Path) -> subprocess.Popen:
     """The command in a session of its own, its output to `log` (a pipe nobody drains would stall it)."""
-    env = {**os.environ, "RAY_TMPDIR": ray_tmp, "PYTHONUNBUFFERED": "1"}
-    env.pop("RAY_ADDRESS", None)  # its own local Ray, as on a laptop
+    env = {**env, "PYTHONUNBUFFERED": "1"}
     with log.open("w") as out:
         return subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
 
@@ -96,13 +97,12 @@ def kill_group(job: subprocess.Popen) -> None:
 
 @pytest.fixture(scope="module")
 def sweep(tiny_dataset, tmp_path_factory) -> dict:
-    import ray
-
-    ray.shutdown()  # the sweep starts its own Ray, as a user's would
     root = tmp_path_factory.mktemp("sweep")
     trials = root / "runs" / "sweep-tiny" / "trials"
+    # The first run starts a local Ray of its own, as on a laptop, which dies with it.
     ray_tmp = tempfile.mkdtemp(prefix="raysweep-", dir="/tmp")  # short: Ray's socket paths have a length limit
-    first = launch(sweep_command(tiny_dataset, root), ray_tmp, root / "first.log")
+    alone = {key: value for key, value in os.environ.items() if key != "RAY_ADDRESS"}
+    first = launch(sweep_command(tiny_dataset, root), {**alone, "RAY_TMPDIR": ray_tmp}, root / "first.log")
     try:
         deadline = time.monotonic() + 900
         while not (len(finished_records(trials)) >= 2 and checkpointed_unfinished(trials)):
@@ -129,14 +129,13 @@ def sweep(tiny_dataset, tmp_path_factory) -> dict:
         kill_group(first)
         shutil.rmtree(ray_tmp, ignore_errors=True)
 
-    ray_tmp = tempfile.mkdtemp(prefix="raysweep-", dir="/tmp")
+    # Run again on a cluster that is up (the session's), as inside `ray job submit`.
     started = time.monotonic()
-    again = launch(sweep_command(tiny_dataset, root), ray_tmp, root / "again.log")
+    again = launch(sweep_command(tiny_dataset, root), shared_env(), root / "again.log")
     try:
         again.wait(timeout=1200)
     finally:
         kill_group(again)
-        shutil.rmtree(ray_tmp, ignore_errors=True)
     output = (root / "again.log").read_text()
     assert again.returncode == 0, output[-6000:]
     print(f"sweep re-run finished in {time.monotonic() - started:.0f} s")
