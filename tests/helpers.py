@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import atexit
+import contextlib
 import json
+import os
+import shutil
+import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from pathlib import Path
@@ -21,12 +27,105 @@ from workloads.sample_ledger import final_history
 REPO = Path(__file__).resolve().parent.parent  # the repository's root
 
 
-def ensure_local_ray() -> None:
-    """A private local Ray with 2 CPUs (never a cluster some other process started)."""
+# The session's one Ray cluster, started on first use (see shared_cluster) and stopped when the session ends.
+_SHARED: dict = {}
+
+
+def shared_cluster() -> dict:
+    """The test session's Ray: `ray start --head` on 127.0.0.1 with 2 CPUs and token authentication, as a
+    user starts a cluster, started once on first use: {"address", "dashboard", "env"}.
+
+    Tests join it (`join_shared_ray`) and so do the commands they launch (`shared_env`: RAY_ADDRESS and the
+    token), instead of each starting a Ray of its own (seconds each). Tests that kill Ray, time its start
+    or need two nodes start their own. Its temp dir is private: a Ray client given no address finds
+    the cluster recorded there, never this one.
+    """
+    if _SHARED:
+        return _SHARED
+    token = os.environ["RAY_AUTH_TOKEN"]  # set by conftest before Ray was imported
+    ray_tmp = tempfile.mkdtemp(prefix="raytests-", dir="/tmp")  # short: Ray's socket paths have a length limit
+    port, dashboard_port = free_port(), free_port()
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    # --block keeps the head's processes in this process group, so that stopping it stops exactly this cluster.
+    head = subprocess.Popen(
+        [
+            str(Path(sys.executable).parent / "ray"),
+            "start",
+            "--head",
+            "--block",
+            f"--port={port}",
+            f"--dashboard-port={dashboard_port}",
+            "--dashboard-host=127.0.0.1",
+            # Ports of its own where Ray has fixed defaults, which a Ray started by a test (or a user) may hold.
+            f"--dashboard-agent-listen-port={free_port()}",
+            f"--ray-client-server-port={free_port()}",
+            "--num-cpus=2",
+            "--disable-usage-stats",
+        ],
+        env={**env, "RAY_TMPDIR": ray_tmp},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    atexit.register(stop_shared_cluster)  # also when a script, not pytest, started it
+    _SHARED.update(
+        head=head,
+        tmp=ray_tmp,
+        address=f"127.0.0.1:{port}",
+        dashboard=f"http://127.0.0.1:{dashboard_port}",
+        env={**env, "RAY_ADDRESS": f"127.0.0.1:{port}"},
+    )
+    deadline = time.monotonic() + 120
+    while not _answers(_SHARED["dashboard"], token):
+        if head.poll() is not None or time.monotonic() > deadline:
+            stop_shared_cluster()
+            raise RuntimeError("ray start --head did not come up")
+        time.sleep(0.5)
+    return _SHARED
+
+
+def _answers(dashboard: str, token: str) -> bool:
+    """Whether the dashboard (which `ray job submit` talks to, and which comes up last) answers."""
+    request = urllib.request.Request(f"{dashboard}/api/version", headers={"Authorization": f"Bearer {token}"})
+    try:
+        with urllib.request.urlopen(request, timeout=2) as reply:
+            return reply.status == 200
+    except OSError:
+        return False
+
+
+def stop_shared_cluster() -> None:
+    """Stop the session's cluster, if one was started (SIGTERM, then SIGKILL to whatever is left after 5 s)."""
+    if not _SHARED:
+        return
+    import ray
+
+    if ray.is_initialized():
+        ray.shutdown()
+    head = _SHARED["head"]
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(head.pid, signal.SIGTERM)
+    try:
+        head.wait(timeout=5)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(head.pid, signal.SIGKILL)
+        head.wait(timeout=30)
+    shutil.rmtree(_SHARED["tmp"], ignore_errors=True)
+    _SHARED.clear()
+
+
+def shared_env(**extra: str) -> dict:
+    """The environment of a command that joins the session's cluster (as inside `ray job submit`), with `extra`."""
+    return {**shared_cluster()["env"], **extra}
+
+
+def join_shared_ray() -> None:
+    """Connect this process to the session's cluster (starting it if need be), unless it is connected."""
     import ray
 
     if not ray.is_initialized():
-        ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=True)
+        ray.init(address=shared_cluster()["address"], log_to_driver=True)
 
 
 def run_tiny(dataset: Path, output_dir: Path, tracking_uri: str, *overrides: str) -> dict:
@@ -47,7 +146,8 @@ def run_tiny(dataset: Path, output_dir: Path, tracking_uri: str, *overrides: str
 def launch_tiny(
     dataset: Path, output_dir: Path, tracking_uri: str, *overrides: str, env: dict | None = None
 ) -> subprocess.Popen:
-    """`python -m orchestrator.pretrain` on the tiny dataset, as a user runs it (it starts its own local Ray)."""
+    """`python -m orchestrator.pretrain` on the tiny dataset, as a user runs it; `env` None: joined to the
+    session's cluster (shared_env), as inside `ray job submit`."""
     return subprocess.Popen(
         [
             sys.executable,
@@ -60,7 +160,7 @@ def launch_tiny(
             f"--tracking.uri={tracking_uri}",
             *overrides,
         ],
-        env=env,
+        env=shared_env() if env is None else env,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
@@ -138,11 +238,14 @@ def train_stage(stage: str, home: dict, start, *overrides: str) -> dict:
     # The registry imports the RL stages and so Ray: conftest imports this module where Ray is absent (the GPU check).
     from orchestrator.stages.registry import DRIVERS
 
-    ensure_local_ray()
+    join_shared_ray()
     argv = stage_args(home, f"--model.init_from={start}", *overrides)
     driver = DRIVERS[stage]
     return driver.run(driver.parse(argv))
 
+
+# Planted in the environment of the tracked run (conftest.tracked_run): no record of it may hold it.
+PLANTED_SECRET = "planted-secret-" + "7f3a9c"
 
 # A user's reward module whose functions each fail in one way (written to a file and imported by name).
 BAD_REWARDS = """

@@ -14,7 +14,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from tests.helpers import check_sample_history, ensure_local_ray, launch_tiny, run_tiny, step_metrics
+from tests.helpers import check_sample_history, join_shared_ray, launch_tiny, run_tiny, step_metrics
 
 pytestmark = pytest.mark.slow
 
@@ -56,14 +56,12 @@ def registered_step(storage: Path) -> int:
 
 
 def test_job_killed_during_a_save_resumes_from_the_previous_checkpoint(tiny_dataset, tmp_path):
-    import ray
-
-    ray.shutdown()  # the jobs below start their own Ray, as a user's would
     run_dir, worker_tmp = tmp_path / "tiny", tmp_path / "worker-tmp"
     tracking_uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     worker_tmp.mkdir()
     ray_tmp = tempfile.mkdtemp(prefix="raykill-", dir="/tmp")  # short: Ray's socket paths have a length limit
-    # Workers inherit TMPDIR, so the test can see a save's staging directory appear.
+    # A Ray of the job's own (no RAY_ADDRESS), SIGKILLed with it as when the machine goes down. Its
+    # workers inherit TMPDIR, so the test can see a save's staging directory appear.
     env = {**os.environ, "TMPDIR": str(worker_tmp), "RAY_TMPDIR": ray_tmp}
     job = launch_tiny(tiny_dataset, tmp_path, tracking_uri, *SETTINGS, env=env)
     try:
@@ -85,16 +83,12 @@ def test_job_killed_during_a_save_resumes_from_the_previous_checkpoint(tiny_data
     assert previous < interrupted, "the interrupted save must not have become the resumable checkpoint"
     assert max(step_metrics(run_dir)) >= interrupted  # it really died mid-run, past the last commit
 
-    ray_tmp = tempfile.mkdtemp(prefix="raykill-", dir="/tmp")
-    resubmitted = launch_tiny(
-        tiny_dataset, tmp_path, tracking_uri, *SETTINGS, env={**os.environ, "RAY_TMPDIR": ray_tmp}
-    )
+    resubmitted = launch_tiny(tiny_dataset, tmp_path, tracking_uri, *SETTINGS)  # to a cluster that is up
     output, _ = resubmitted.communicate(timeout=600)
-    shutil.rmtree(ray_tmp, ignore_errors=True)
     assert resubmitted.returncode == 0, output[-3000:]
     assert f"training resumed from step {previous}:" in output, output[-5000:]
 
-    ensure_local_ray()
+    join_shared_ray()
     run_tiny(tiny_dataset, tmp_path, tracking_uri, "--run.name=straight", *SETTINGS)
     resumed, straight = step_metrics(run_dir), step_metrics(tmp_path / "straight")
     assert sorted(resumed) == list(range(1, STEPS + 1))

@@ -29,14 +29,14 @@ def refused(dataset: Path, output: Path, *overrides: str) -> str:
     return message
 
 
-def test_truncated_shard_is_named(dataset_copy, tmp_path, ray_local):
+def test_truncated_shard_is_named(dataset_copy, tmp_path, shared_ray):
     shard = dataset_copy / "train-00000-000.arrow"  # group 0, its first shard
     shard.write_bytes(shard.read_bytes()[: shard.stat().st_size // 2])
     assert str(shard) in refused(dataset_copy, tmp_path / "out")
     assert not (tmp_path / "out" / "tiny").exists()  # nothing written for a refused run
 
 
-def test_corrupted_shard_is_named(dataset_copy, tmp_path, ray_local):
+def test_corrupted_shard_is_named(dataset_copy, tmp_path, shared_ray):
     shard = dataset_copy / "val-00000-000.arrow"
     data = bytearray(shard.read_bytes())
     data[len(data) // 2] ^= 0xFF  # one flipped byte inside the token data
@@ -45,7 +45,7 @@ def test_corrupted_shard_is_named(dataset_copy, tmp_path, ray_local):
     assert str(shard) in message and "sha256" in message
 
 
-def test_tokenizer_that_does_not_match_the_manifest(dataset_copy, tmp_path, ray_local, tiny_dataset):
+def test_tokenizer_that_does_not_match_the_manifest(dataset_copy, tmp_path, shared_ray, tiny_dataset):
     model = dataset_copy / "tokenizer.model"
     model.write_bytes(model.read_bytes() + b"\n")
     assert str(model) in refused(dataset_copy, tmp_path / "out")
@@ -55,12 +55,12 @@ def test_tokenizer_that_does_not_match_the_manifest(dataset_copy, tmp_path, ray_
     assert message.startswith(f"tokenizer.model_path: {other} is not the tokenizer")
 
 
-def test_model_vocabulary_smaller_than_the_tokenizer(tiny_dataset, tmp_path, ray_local):
+def test_model_vocabulary_smaller_than_the_tokenizer(tiny_dataset, tmp_path, shared_ray):
     message = refused(tiny_dataset, tmp_path / "out", "--model.vocab_size=100")
     assert message == "model.vocab_size=100 is smaller than the tokenizer's vocabulary (512)"
 
 
-def test_run_directory_of_another_config_is_refused_unless_fresh(tiny_dataset, tmp_path, ray_local):
+def test_run_directory_of_another_config_is_refused_unless_fresh(tiny_dataset, tmp_path, shared_ray):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     run_tiny(tiny_dataset, tmp_path, uri, "--train.halt_at_step=3")
     checkpoints = sorted((tmp_path / "tiny" / "train").glob("checkpoint_*"))

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
 import time
 from pathlib import Path
 
 import psutil
 import pytest
 
-from tests.helpers import check_sample_history, ensure_local_ray, launch_tiny, run_tiny, step_metrics
+from tests.helpers import check_sample_history, join_shared_ray, launch_tiny, run_tiny, shared_cluster, step_metrics
 
 pytestmark = pytest.mark.slow
 
@@ -24,14 +23,13 @@ SETTINGS = (
 )
 
 
-def training_workers(job: subprocess.Popen) -> list[psutil.Process]:
-    return [p for p in psutil.Process(job.pid).children(recursive=True) if "RayTrainWorker" in " ".join(p.cmdline())]
+def training_workers() -> list[psutil.Process]:
+    """The training workers in the session's cluster, which the job joined: its raylet starts them."""
+    head = psutil.Process(shared_cluster()["head"].pid)
+    return [p for p in head.children(recursive=True) if "RayTrainWorker" in " ".join(p.cmdline())]
 
 
 def test_sigkilled_worker_is_replaced_and_the_curve_is_unchanged(tiny_dataset, tmp_path):
-    import ray
-
-    ray.shutdown()  # the job below starts its own Ray, as a user's would
     run_dir = tmp_path / "tiny"
     job = launch_tiny(
         tiny_dataset, tmp_path, f"sqlite:///{tmp_path / 'mlflow.db'}", "--scaling.max_failures=2", *SETTINGS
@@ -41,7 +39,7 @@ def test_sigkilled_worker_is_replaced_and_the_curve_is_unchanged(tiny_dataset, t
         while not (run_dir / "metrics.jsonl").exists() or len(step_metrics(run_dir)) < 120:
             assert job.poll() is None and time.monotonic() < deadline, job.stdout.read()[-3000:]
             time.sleep(0.1)
-        (victim,) = training_workers(job)
+        (victim,) = training_workers()
         os.kill(victim.pid, signal.SIGKILL)
         output, _ = job.communicate(timeout=600)
     finally:
@@ -49,7 +47,7 @@ def test_sigkilled_worker_is_replaced_and_the_curve_is_unchanged(tiny_dataset, t
     assert job.returncode == 0, output[-3000:]
     assert "resumed from step 100" in output  # restarted by Ray Train from the latest checkpoint
 
-    ensure_local_ray()
+    join_shared_ray()
     run_tiny(tiny_dataset, tmp_path, f"sqlite:///{tmp_path / 'mlflow.db'}", "--run.name=straight", *SETTINGS)
     survived, straight = step_metrics(run_dir), step_metrics(tmp_path / "straight")
     assert sorted(survived) == list(range(1, STEPS + 1))

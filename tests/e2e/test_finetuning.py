@@ -15,7 +15,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from orchestrator.stages.sft import SFT
-from tests.helpers import stage_args, step_metrics, train_stage
+from tests.helpers import shared_env, stage_args, step_metrics, train_stage
 from workloads.errors import UserInputError
 
 pytestmark = pytest.mark.slow
@@ -140,6 +140,7 @@ def test_a_stage_as_a_user_runs_it_refuses_a_dataset_of_another_tokenizer(worksp
             f"--model.init_from={workspace['pretrained']}",
             f"--data.train_file={foreign}",
         ],
+        env=shared_env(),
         capture_output=True,
         text=True,
         timeout=300,

@@ -61,7 +61,7 @@ def test_the_imported_config_sets_shape_and_tokenizer(llama_dir, tiny_dataset):
     assert cfg.tokenizer.model_path == str(directory.resolve() / "tokenizer.model")
 
 
-def test_pretraining_starts_from_the_imported_weights_and_exports_back(llama_dir, tiny_dataset, tmp_path, ray_local):
+def test_pretraining_starts_from_the_imported_weights_and_exports_back(llama_dir, tiny_dataset, tmp_path, shared_ray):
     directory, hf_model = llama_dir
     # Plain causal attention, as transformers computes it, so step 1's loss can be checked against it.
     final = run_tiny(

@@ -2,19 +2,15 @@
 
 from __future__ import annotations
 
-import os
 import secrets
-import shutil
-import signal
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import pytest
 
-from tests.helpers import free_port
+from tests.helpers import shared_cluster
 
 pytestmark = pytest.mark.slow
 
@@ -22,57 +18,28 @@ RAY = str(Path(sys.executable).parent / "ray")
 
 
 @pytest.fixture(scope="module")
-def head_node(tmp_path_factory):
-    """A Ray head started like a user would, with token authentication, torn down afterwards."""
-    import ray
-
-    ray.shutdown()  # the tests' in-process Ray would compete for the 2 CPUs
-    home = tmp_path_factory.mktemp("home")
-    token = secrets.token_hex(16)
-    dashboard_port = free_port()
-    # A private temp dir: `ray start` records its address under it, where any Ray client on the
-    # machine given no address would otherwise find (and talk to) this cluster.
-    ray_tmp = tempfile.mkdtemp(prefix="rayjob-", dir="/tmp")  # short: Ray's socket paths have a length limit
-    env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": token, "HOME": str(home), "RAY_TMPDIR": ray_tmp}
-    # --block keeps the head's processes in this process group, so the teardown stops
-    # exactly this cluster and nothing else running on the machine.
-    head = subprocess.Popen(
-        [
-            RAY,
-            "start",
-            "--head",
-            "--block",
-            f"--port={free_port()}",
-            f"--dashboard-port={dashboard_port}",
-            "--dashboard-host=127.0.0.1",
-            "--num-cpus=2",
-            "--disable-usage-stats",
-        ],
-        env=env,
-        cwd=home,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
-    address = f"http://127.0.0.1:{dashboard_port}"
-    deadline = time.monotonic() + 90
-    while subprocess.run([RAY, "job", "list", "--address", address], env=env, capture_output=True).returncode != 0:
-        assert head.poll() is None and time.monotonic() < deadline, "ray start --head did not come up"
-        time.sleep(1)
-    yield address, env
-    os.killpg(head.pid, signal.SIGTERM)
-    head.wait(timeout=60)
-    shutil.rmtree(ray_tmp, ignore_errors=True)
+def head_node():
+    """The session's cluster, started like a user would (`ray start --head`, token authentication on):
+    its dashboard's address and the environment holding its token (not its address: a user names the
+    dashboard with --address)."""
+    cluster = shared_cluster()
+    return cluster["dashboard"], {k: v for k, v in cluster["env"].items() if k != "RAY_ADDRESS"}
 
 
 def submit(address: str, env: dict, *entrypoint: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [RAY, "job", "submit", "--address", address, "--", *entrypoint],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    """`ray job submit`; refused submissions are retried while the head's job agent is still starting."""
+    deadline = time.monotonic() + 60
+    while True:
+        done = subprocess.run(
+            [RAY, "job", "submit", "--address", address, "--", *entrypoint],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+        if "No available agent to submit job" not in done.stderr or time.monotonic() > deadline:
+            return done
+        time.sleep(1)
 
 
 def test_pretrain_runs_as_a_submitted_job(head_node, small_corpus, tmp_path):

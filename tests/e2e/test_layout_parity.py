@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.helpers import ensure_local_ray, run_tiny, step_metrics
+from tests.helpers import join_shared_ray, run_tiny, step_metrics
 from workloads.checkpoints.loading import load_checkpoint
 from workloads.data.loader import PackedDataset
 from workloads.evaluation import eval_sample_indices, evaluate
@@ -73,7 +73,7 @@ def layout_runs(tmp_path_factory):
 @pytest.fixture(scope="module")
 def curves(tiny_dataset, layout_runs, tracking_uri):
     """{layout: (train losses by step, eval losses by step, final metrics)} for every layout, trained once."""
-    ensure_local_ray()
+    join_shared_ray()
     results = {}
     for layout in DATA_PARALLEL + PIPELINED:
         final = run_tiny(tiny_dataset, layout_runs, tracking_uri, f"--run.name={layout.name}", *layout.overrides())

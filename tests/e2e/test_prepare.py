@@ -10,8 +10,8 @@ import pytest
 from orchestrator.prepare import main
 from workloads.data.loader import load_manifest
 
-# prepare runs its tasks on Ray: a local Ray for the session (tests.helpers.ensure_local_ray)
-pytestmark = pytest.mark.usefixtures("ray_local")
+# prepare runs its tasks on Ray: a local Ray for the session (tests.helpers.join_shared_ray)
+pytestmark = pytest.mark.usefixtures("shared_ray")
 
 
 def test_cli_takes_pretrain_recipes_and_overrides(mixed_corpus_dataset, capsys):

@@ -23,7 +23,7 @@ from mlflow.tracking import MlflowClient
 
 from orchestrator.stages.registry import DRIVERS
 from orchestrator.stages.rl import ROLLOUT_ACTOR_NAME
-from tests.helpers import BAD_REWARDS, ensure_local_ray, stage_args, step_metrics
+from tests.helpers import BAD_REWARDS, join_shared_ray, shared_env, stage_args, step_metrics
 from workloads.errors import UserInputError
 
 pytestmark = pytest.mark.slow
@@ -50,7 +50,7 @@ def rl_args(workspace, sft, *overrides: str) -> list[str]:
 
 def run(algorithm: str, workspace, sft, *overrides: str):
     """(config, final metrics) of a real run."""
-    ensure_local_ray()
+    join_shared_ray()
     cfg = DRIVERS[algorithm].parse(rl_args(workspace, sft, *overrides))
     return cfg, DRIVERS[algorithm].run(cfg)
 
@@ -204,6 +204,7 @@ def test_a_reward_that_turns_nan_mid_run_skips_batches_then_stops_the_run_with_o
             ),
         ],
         cwd=tmp_path,
+        env=shared_env(),
         capture_output=True,
         text=True,
         timeout=600,

@@ -34,7 +34,7 @@ def chain_args(tmp_path, tiny_dataset, sft_overrides: str) -> list[str]:
     ]
 
 
-def test_the_chain_skips_resumes_and_reruns(tiny_dataset, tmp_path, ray_local):
+def test_the_chain_skips_resumes_and_reruns(tiny_dataset, tmp_path, shared_ray):
     # 1. SFT is interrupted after step 2 (halting is not part of a stage's identity).
     first = run_chain(parse_cli(chain_args(tmp_path, tiny_dataset, ", train.halt_at_step: 2")))
     assert set(first) == {"pretrain"}
@@ -104,7 +104,7 @@ class EchoDriver(SFTDriver):
         return RECIPE_DIR / "sft"
 
 
-def test_a_stage_added_to_the_registry_runs_in_a_chain(tiny_dataset, tmp_path, ray_local):
+def test_a_stage_added_to_the_registry_runs_in_a_chain(tiny_dataset, tmp_path, shared_ray):
     drivers = {**DRIVERS, "echo": EchoDriver()}  # the new stage's one registry line
     argv = [
         "--config",

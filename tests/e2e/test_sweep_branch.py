@@ -27,7 +27,7 @@ WSD = (
 BRANCH_STEP, SHORT = 8, 12
 
 
-def test_a_branch_trains_what_an_independent_run_of_its_length_trains(tiny_dataset, tmp_path, ray_local):
+def test_a_branch_trains_what_an_independent_run_of_its_length_trains(tiny_dataset, tmp_path, shared_ray):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     run_tiny(tiny_dataset, tmp_path, uri, "--run.name=long", *WSD, f"--run.checkpoint_steps=[{BRANCH_STEP}]")
     origin = registered_checkpoint(tmp_path / "long", BRANCH_STEP)
@@ -56,7 +56,7 @@ def test_a_branch_trains_what_an_independent_run_of_its_length_trains(tiny_datas
     assert branch["step"] == SHORT and branch["eval/loss"] == pytest.approx(alone["eval/loss"], rel=1e-6)
 
 
-def test_a_branch_of_another_model_is_refused(tiny_checkpoint, tiny_dataset, tmp_path, ray_local):
+def test_a_branch_of_another_model_is_refused(tiny_checkpoint, tiny_dataset, tmp_path, shared_ray):
     with pytest.raises(UserInputError) as caught:
         run_tiny(
             tiny_dataset,

@@ -42,7 +42,7 @@ def test_bad_input_is_one_line_and_exit_2(override, message, capsys, tmp_path):
 
 
 @pytest.mark.slow
-def test_dry_run_prints_the_grid_and_an_estimate_and_trains_nothing(tiny_dataset, tmp_path, ray_local, capsys):
+def test_dry_run_prints_the_grid_and_an_estimate_and_trains_nothing(tiny_dataset, tmp_path, shared_ray, capsys):
     overrides = (
         f"--sweep.base_overrides=[--train.micro_batch_size=8, --train.grad_accum_steps=1, --data.corpus={tiny_dataset}]"
     )

@@ -21,8 +21,8 @@ from workloads.data.loader import PackedDataset, load_manifest
 from workloads.errors import UserInputError
 from workloads.tokenizer import Tokenizer, TokenizerConfig
 
-# prepare runs its tasks on Ray: a local Ray for the session (tests.helpers.ensure_local_ray)
-pytestmark = pytest.mark.usefixtures("ray_local")
+# prepare runs its tasks on Ray: a local Ray for the session (tests.helpers.join_shared_ray)
+pytestmark = pytest.mark.usefixtures("shared_ray")
 
 
 def read_stream(dataset: PackedDataset) -> np.ndarray:

@@ -15,7 +15,7 @@ from orchestrator.stages.pretrain import PRETRAIN
 
 
 @pytest.mark.slow
-def test_a_crashed_trial_is_recorded_and_the_next_one_trains(tiny_dataset, tmp_path, ray_local):
+def test_a_crashed_trial_is_recorded_and_the_next_one_trains(tiny_dataset, tmp_path, shared_ray):
     tree, _ = parse_cli(["--config", "tiny", "--sweep.schedule=cosine"])
     specs = {s.name: s for s in design(tree, base_config(tree), 300_000).specs[:2]}
     crashing, training = list(specs)
